@@ -1,0 +1,141 @@
+"""Raw-ASGI request and response helpers for the hot endpoints.
+
+Endpoints here skip Starlette's Request/Response objects: they read the body
+straight from `receive`, answer with pre-built header lists, and render every
+`OrbiterError` themselves, so a router mounted in any ASGI app answers with
+FastAPI-shaped errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import Message, Receive, Scope, Send
+
+from ._codec import Decoder, RequestValidationError, encode
+from .exceptions import OrbiterError, PayloadTooLarge, RequestError
+from .models import ErrorDetail
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "Endpoint",
+    "error_body",
+    "header",
+    "query_params",
+    "read_body",
+    "read_json",
+    "send_json",
+]
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def query_params(scope: Scope) -> dict[str, str]:
+    raw: bytes = scope.get("query_string", b"")
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    if content_type is None:
+        return True  # clients that send no type still mean JSON
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+async def read_body(scope: Scope, receive: Receive, max_size: int = DEFAULT_MAX_BODY) -> bytes:
+    """The whole body; 413 as soon as it is known to pass `max_size`."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_size:
+        raise PayloadTooLarge(f"Request body exceeds {max_size} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("Client disconnected before the body was read")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_size:
+                raise PayloadTooLarge(f"Request body exceeds {max_size} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class UnsupportedMediaType(RequestError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+async def read_json(
+    scope: Scope, receive: Receive, decoder: Decoder[Any], max_size: int = DEFAULT_MAX_BODY
+) -> Any:
+    if not _is_json(header(scope, b"content-type")):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    body = await read_body(scope, receive, max_size)
+    if not body:
+        raise RequestError("Request body is empty; expected a JSON object")
+    return decoder.decode(body)
+
+
+async def send_json(
+    send: Send, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if headers:
+        raw_headers.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(exc: OrbiterError) -> bytes:
+    if isinstance(exc, RequestValidationError):
+        return exc.body()
+    return encode(ErrorDetail(exc.message))
+
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Endpoint:
+    """An ASGI endpoint that renders `OrbiterError` as `{"detail": ...}`.
+
+    Subclasses implement `handle`. Errors raised after the response started
+    cannot become a status code; streaming endpoints turn them into events.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.handle(scope, receive, tracking_send)
+        except OrbiterError as exc:
+            if started:
+                raise
+            extra = [(b"retry-after", b"1")] if exc.status_code == 503 else None
+            await send_json(send, error_body(exc), exc.status_code, extra)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError

@@ -1,0 +1,127 @@
+"""Server-Sent Events: framing and the pump that drives one stream.
+
+The run is produced in its own task into a small buffer; the response side
+sends whatever is ready in one write (events that arrive together are
+coalesced), heartbeats an idle stream with a comment, and cancels the run
+when the client goes away (`http.disconnect`, or `OSError` from `send`
+under ASGI 2.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+from starlette.types import Receive, Send
+
+from ._codec import encode
+from .exceptions import OrbiterError
+from .models import ErrorEvent, Event
+
+__all__ = ["SSE_HEADERS", "error_event", "frame", "send_event_stream"]
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+HEARTBEAT = b": ping\n\n"
+DONE = b"data: [DONE]\n\n"
+
+_BUFFER = 64
+
+
+def frame(event_id: int, event: Event) -> bytes:
+    # msgspec escapes newlines inside strings, so one `data:` line is always enough
+    return b"id: %d\ndata: %b\n\n" % (event_id, encode(event))
+
+
+def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
+    if isinstance(exc, OrbiterError):
+        return ErrorEvent(error=exc.message, code=exc.code)
+    return ErrorEvent(error=f"Agent {agent_name!r} failed: {type(exc).__name__}", code="agent_error")
+
+
+class _Ping:
+    pass
+
+
+_PING = _Ping()
+_END = object()
+
+
+async def send_event_stream(
+    receive: Receive,
+    send: Send,
+    events: Callable[[], AsyncIterator[Event]],
+    *,
+    agent_name: str,
+    heartbeat: float = 15.0,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Respond with the events of `events()` as SSE, ending with `[DONE]`."""
+    sender, receiver = anyio.create_memory_object_stream[object](_BUFFER)
+    last_write = anyio.current_time()
+
+    async def produce() -> None:
+        try:
+            async for event in events():
+                await sender.send(event)
+        except Exception as exc:
+            await sender.send(error_event(exc, agent_name))
+        await sender.send(_END)
+
+    async def watch_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+
+    async def beat() -> None:
+        while True:
+            await anyio.sleep(heartbeat)
+            if anyio.current_time() - last_write >= heartbeat:
+                try:
+                    sender.send_nowait(_PING)
+                except anyio.WouldBlock:
+                    pass
+
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}
+    )
+    event_id = 0
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect)
+            group.start_soon(produce)
+            if heartbeat and not math.isinf(heartbeat):
+                group.start_soon(beat)
+            finished = False
+            while not finished:
+                item = await receiver.receive()
+                parts: list[bytes] = []
+                while True:
+                    if item is _END:
+                        parts.append(DONE)
+                        finished = True
+                        break
+                    if item is _PING:
+                        parts.append(HEARTBEAT)
+                    else:
+                        event_id += 1
+                        parts.append(frame(event_id, item))  # type: ignore[arg-type]
+                    try:
+                        item = receiver.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": parts[0] if len(parts) == 1 else b"".join(parts),
+                        "more_body": not finished,
+                    }
+                )
+                last_write = anyio.current_time()
+            group.cancel_scope.cancel()
+    except* OSError:
+        pass  # the client went away mid-send; leaving the task group cancelled the run

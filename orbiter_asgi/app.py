@@ -1,0 +1,339 @@
+"""`create_app`, `register_agent`, the chat endpoint and the app class.
+
+```python
+from orbiter_asgi import Agent, create_app, register_agent
+
+register_agent("assistant", Agent(name="assistant", model="openai:gpt-4o"))
+app = create_app()          # a Starlette app; also has FastAPI-style decorators
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ._codec import Decoder, encode
+from ._context import SCOPE_KEY, AppContext, Limits, get_context
+from ._http import DEFAULT_MAX_BODY, Endpoint, error_body, read_json, send_json
+from ._middleware import HTTPFunctionMiddleware
+from ._openapi import openapi_document
+from ._sse import send_event_stream
+from ._version import __version__
+from .agents import agent_router
+from .exceptions import OrbiterError
+from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail
+from .providers import aclose_providers
+from .registry import AgentRegistry, registered_agents
+from .routing import Operation, Router
+from .runs import as_agent_error, start_run
+from .sessions import session_router
+from .stores import SessionStore, open_store
+from .streaming import stream_router
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "OrbiterApp",
+    "chat_router",
+    "create_app",
+    "register_agent",
+    "registered_agents",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_chat = Decoder(ChatRequest)
+
+
+class ChatEndpoint(Endpoint):
+    """`POST /chat`: a `ChatResponse`, or SSE events when `stream` is true."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = get_context(scope)
+        request: ChatRequest = await read_json(scope, receive, _chat, context.limits.max_body_size)
+        assert request.input is not None
+        run = start_run(context, request.agent_name, request.input, request.session_id)
+        if request.stream:
+            await send_event_stream(
+                receive,
+                send,
+                run.events,
+                agent_name=run.agent.name,
+                heartbeat=context.limits.heartbeat_interval,
+            )
+            return
+        done: DoneEvent | None = None
+        try:
+            async for event in run.events():
+                if type(event) is DoneEvent:
+                    done = event
+        except Exception as exc:
+            raise as_agent_error(exc, run.agent.name) from exc
+        assert done is not None
+        response = ChatResponse(
+            output=done.output,
+            agent_name=done.agent_name,
+            session_id=done.session_id,
+            steps=done.steps,
+            usage=done.usage,
+        )
+        await send_json(send, encode(response))
+
+
+chat_router = Router(
+    [Route("/chat", ChatEndpoint(), methods=["POST"], name="chat")],
+    operations=[
+        Operation(
+            method="post",
+            path="/chat",
+            summary="Run an agent: JSON, or SSE events when stream is true",
+            request=ChatRequest,
+            response=ChatResponse,
+            responses={400: ErrorDetail, 404: ErrorDetail, 502: ErrorDetail},
+            tags=["chat"],
+            events=True,
+        ),
+    ],
+)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    body = encode(ErrorDetail(str(exc.detail)))
+    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+
+
+async def _orbiter_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OrbiterError)
+    return Response(error_body(exc), exc.status_code, media_type="application/json")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return Response(encode(ErrorDetail("Internal Server Error")), 500, media_type="application/json")
+
+
+class OrbiterApp(Starlette):
+    """A Starlette app serving agents, with FastAPI-style decorators.
+
+    Build it with `create_app()`. Besides everything `Starlette` offers:
+    `@app.get/post/put/patch/delete(path)`, `@app.websocket(path)`,
+    `@app.middleware("http")`, `@app.exception_handler(...)` and
+    `app.include_router(router, prefix=...)`.
+    """
+
+    def __init__(
+        self,
+        context: AppContext,
+        routers: Sequence[Router],
+        *,
+        title: str,
+        version: str,
+        debug: bool = False,
+        middleware: Sequence[Middleware] | None = None,
+        lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:
+        self.context = context
+        self.title = title
+        self.version = version
+        self.operations: list[Operation] = []
+        self._openapi: bytes | None = None
+        self._user_lifespan = lifespan
+        super().__init__(
+            debug=debug,
+            middleware=middleware,
+            exception_handlers={
+                HTTPException: _http_exception,
+                OrbiterError: _orbiter_exception,
+                Exception: _server_error,
+            },
+            lifespan=self._lifespan,
+        )
+        for router in routers:
+            self.include_router(router)
+        self.router.routes.append(Route("/openapi.json", _OpenAPIEndpoint(self), methods=["GET"]))
+
+    @property
+    def agents(self) -> AgentRegistry:
+        return self.context.agents
+
+    @property
+    def store(self) -> SessionStore:
+        return self.context.store
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Any) -> AsyncIterator[Any]:
+        try:
+            if self._user_lifespan is not None:
+                async with self._user_lifespan(app) as state:
+                    yield state
+            else:
+                yield None
+        finally:
+            await self.context.store.aclose()
+            await aclose_providers()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SCOPE_KEY] = self.context
+        await super().__call__(scope, receive, send)
+
+    def openapi(self) -> bytes:
+        if self._openapi is None:
+            document = openapi_document(self.operations, title=self.title, version=self.version)
+            self._openapi = encode(document)
+        return self._openapi
+
+    # --- the FastAPI-style shim -------------------------------------------
+
+    def include_router(self, router: Router, *, prefix: str = "") -> None:
+        merged = Router()
+        merged.include_router(router, prefix=prefix)
+        self.router.routes.extend(merged.routes)
+        self.operations.extend(merged.operations)
+        self._openapi = None
+
+    def api_route(
+        self, path: str, *, methods: Sequence[str], status_code: int = 200, summary: str | None = None
+    ) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            router = Router()
+            router.add_api_route(path, func, methods=methods, status_code=status_code, summary=summary)
+            self.include_router(router)
+            return func
+
+        return decorator
+
+    def get(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["GET"], **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["POST"], **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["PUT"], **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["PATCH"], **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["DELETE"], **options)
+
+    def websocket(self, path: str) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            router = Router()
+            router.websocket(path)(func)
+            self.include_router(router)
+            return func
+
+        return decorator
+
+    def middleware(self, middleware_type: str) -> Callable[[F], F]:
+        """`@app.middleware("http")`: `async def f(request, call_next) -> Response`."""
+        assert middleware_type == "http", 'Only @app.middleware("http") is supported'
+
+        def decorator(func: F) -> F:
+            self.add_middleware(HTTPFunctionMiddleware, dispatch=func)
+            return func
+
+        return decorator
+
+    def exception_handler(self, exc_class_or_status_code: int | type[Exception]) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            self.add_exception_handler(exc_class_or_status_code, func)
+            return func
+
+        return decorator
+
+
+class _OpenAPIEndpoint:
+    def __init__(self, app: OrbiterApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, self.app.openapi())
+
+
+def create_app(
+    *,
+    agents: Mapping[str, Any] | Sequence[Any] | AgentRegistry | None = None,
+    store: str | SessionStore | None = None,
+    title: str = "orbiter-asgi",
+    version: str = __version__,
+    debug: bool = False,
+    max_body_size: int = DEFAULT_MAX_BODY,
+    max_ws_message_size: int = DEFAULT_MAX_BODY,
+    heartbeat_interval: float = 15.0,
+    middleware: Sequence[Middleware] | None = None,
+    lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+) -> OrbiterApp:
+    """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`, `/openapi.json`.
+
+    Parameters:
+        agents: the agents to serve; by default the module-level registry that
+            `register_agent("name", agent)` fills, read live.
+        store: a `SessionStore` or a store URL (`memory://`, `sqlite:///path.db`,
+            `redis://host:port/0`); by default `$ORBITER_STORE`, else `memory://`.
+        max_body_size: largest request body, in bytes (413 beyond).
+        max_ws_message_size: largest WebSocket message (closed with 1009 beyond).
+        heartbeat_interval: seconds of silence before an SSE comment heartbeat.
+    """
+    if agents is None:
+        registry = registered_agents
+    elif isinstance(agents, AgentRegistry):
+        registry = agents
+    else:
+        registry = AgentRegistry(agents)
+    if store is None:
+        store = os.environ.get("ORBITER_STORE") or "memory://"
+    session_store = open_store(store) if isinstance(store, str) else store
+    limits = Limits(
+        max_body_size=max_body_size,
+        max_ws_message_size=max_ws_message_size,
+        heartbeat_interval=heartbeat_interval,
+    )
+    return OrbiterApp(
+        AppContext(registry, session_store, limits),
+        [chat_router, agent_router, session_router, stream_router],
+        title=title,
+        version=version,
+        debug=debug,
+        middleware=middleware,
+        lifespan=lifespan,
+    )
+
+
+def register_agent(target: Any, agent: Any = None, /, *, default: bool = False) -> Any:
+    """Register an agent; returns it.
+
+    ```python
+    register_agent("assistant", agent)             # the module registry
+    register_agent(agent)                          # named by agent.name
+    register_agent(app, agent, default=True)       # one app's registry
+    ```
+    """
+    if isinstance(target, OrbiterApp):
+        if agent is None:
+            raise TypeError("register_agent(app, agent) needs the agent")
+        target.context.agents.register(agent, default=default)
+        return agent
+    if isinstance(target, str):
+        if agent is None:
+            raise TypeError("register_agent(name, agent) needs the agent")
+        registered_agents.register(agent, name=target, default=default)
+        return agent
+    if agent is not None:
+        raise TypeError("register_agent takes (name, agent), (app, agent) or (agent)")
+    registered_agents.register(target, default=default)
+    return target

@@ -1,0 +1,52 @@
+"""The model-provider interface: one streamed completion per call.
+
+A provider is to the run loop what an httpx transport is to a client: it
+turns one `ModelRequest` into an async stream of `TextEvent` deltas, complete
+`ToolCallEvent`s (arguments already assembled and parsed) and one `Usage` at
+the end of the call. It owns its HTTP connection pool and closes it in
+`aclose()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from ..models import Message, TextEvent, ToolCallEvent, Usage
+
+__all__ = ["ModelEvent", "ModelRequest", "Provider", "ToolSpec"]
+
+
+class ToolSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """A tool as the model sees it: a name, a description, a JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class ModelRequest(msgspec.Struct, kw_only=True):
+    """Everything one model call needs; provider-neutral."""
+
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+ModelEvent = TextEvent | ToolCallEvent | Usage
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Streams one completion. Implementations take keyword-only options."""
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,208 @@
+"""The agent registry, and the adapters that give every agent one shape.
+
+Whatever is registered (the built-in `Agent`, an object with an async
+`stream` or `run`, a plain async function or async generator), the server
+only ever sees a `RegisteredAgent` whose `stream(input, messages)` yields
+events. Adapting happens once, at registration.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .exceptions import AgentError, AgentNotFound
+from .models import Message, TextEvent, ToolCallEvent, ToolResultEvent, Usage
+from .runtime.loop import AgentEvent
+
+__all__ = ["AgentRegistry", "RegisteredAgent", "adapt_agent", "registered_agents"]
+
+StreamFn = Callable[[str, Sequence[Message]], AsyncIterator[AgentEvent]]
+
+_EVENT_TYPES = (TextEvent, ToolCallEvent, ToolResultEvent, Usage)
+
+
+def _accepts_messages(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "messages" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _as_event(item: Any) -> AgentEvent:
+    if isinstance(item, str):
+        return TextEvent(item)
+    if isinstance(item, _EVENT_TYPES):
+        return item
+    raise AgentError(f"Agent yielded {type(item).__name__}; expected str or an event")
+
+
+def _output_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    output = getattr(result, "output", None)
+    if isinstance(output, str):
+        return output
+    if result is None:
+        return ""
+    raise AgentError(f"Agent returned {type(result).__name__}; expected str or an object with .output")
+
+
+def _tool_name(tool: Any) -> str:
+    if isinstance(tool, str):
+        return tool
+    return str(getattr(tool, "name", None) or getattr(tool, "__name__", None) or repr(tool))
+
+
+def _from_generator(fn: Callable[..., Any]) -> StreamFn:
+    with_messages = _accepts_messages(fn)
+
+    async def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentEvent]:
+        items = fn(input, messages=messages) if with_messages else fn(input)
+        try:
+            async for item in items:
+                yield _as_event(item)
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return stream
+
+
+def _from_coroutine(fn: Callable[..., Any]) -> StreamFn:
+    with_messages = _accepts_messages(fn)
+
+    async def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentEvent]:
+        result = await (fn(input, messages=messages) if with_messages else fn(input))
+        usage = getattr(result, "usage", None)
+        yield TextEvent(_output_text(result))
+        if isinstance(usage, Usage):
+            yield usage
+
+    return stream
+
+
+class RegisteredAgent:
+    """An agent as the server sees it: metadata plus one `stream` form."""
+
+    __slots__ = (
+        "description",
+        "instructions",
+        "max_steps",
+        "model",
+        "name",
+        "stream",
+        "target",
+        "tools",
+        "workspace",
+    )
+
+    def __init__(self, name: str, target: Any, stream: StreamFn) -> None:
+        self.name = name
+        self.target = target
+        self.stream = stream
+        self.model: str = str(getattr(target, "model", None) or "custom")
+        self.description: str = str(getattr(target, "description", None) or "")
+        if not self.description and inspect.isroutine(target):
+            self.description = inspect.getdoc(target) or ""
+        self.instructions: str = str(getattr(target, "instructions", None) or "")
+        tools = getattr(target, "tools", None) or []
+        self.tools: list[str] = [_tool_name(t) for t in tools]
+        self.max_steps: int = int(getattr(target, "max_steps", None) or 1)
+        workspace = getattr(target, "workspace", None)
+        self.workspace: Path | None = Path(workspace) if workspace is not None else None
+
+
+def adapt_agent(target: Any, name: str | None = None) -> RegisteredAgent:
+    """Wrap anything the contract accepts as an agent; `TypeError` otherwise."""
+    name = name or getattr(target, "name", None) or getattr(target, "__name__", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError("An agent needs a name: pass one, or give the object a .name")
+    stream_method = getattr(target, "stream", None)
+    run_method = getattr(target, "run", None)
+    if stream_method is not None and callable(stream_method):
+        return RegisteredAgent(name, target, _from_generator(stream_method))
+    if run_method is not None and inspect.iscoroutinefunction(run_method):
+        return RegisteredAgent(name, target, _from_coroutine(run_method))
+    if inspect.isasyncgenfunction(target):
+        return RegisteredAgent(name, target, _from_generator(target))
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - async callable objects count too
+    ):
+        return RegisteredAgent(name, target, _from_coroutine(target))
+    raise TypeError(
+        f"Cannot serve {target!r} as an agent: give it an async stream(input, *, messages) "
+        "or run(input, *, messages), or pass an async function or async generator"
+    )
+
+
+class AgentRegistry(Mapping[str, Any]):
+    """Agents by name. As a mapping it shows what was registered, unwrapped.
+
+    The default agent (used when a request names none) is the first one
+    registered, unless another is registered with `default=True`.
+    """
+
+    def __init__(self, agents: Mapping[str, Any] | Sequence[Any] | None = None) -> None:
+        self._agents: dict[str, RegisteredAgent] = {}
+        self._default: str | None = None
+        if isinstance(agents, Mapping):
+            for agent_name, agent in agents.items():
+                self.register(agent, name=agent_name)
+        elif agents is not None:
+            for agent in agents:
+                self.register(agent)
+
+    def register(self, agent: Any, *, name: str | None = None, default: bool = False) -> RegisteredAgent:
+        entry = adapt_agent(agent, name)
+        self._agents[entry.name] = entry
+        if default or self._default is None:
+            self._default = entry.name
+        return entry
+
+    def unregister(self, name: str) -> None:
+        self._agents.pop(name, None)
+        if self._default == name:
+            self._default = next(iter(self._agents), None)
+
+    def clear(self) -> None:
+        self._agents.clear()
+        self._default = None
+
+    def resolve(self, name: str | None) -> RegisteredAgent:
+        """The named agent, or the default one when `name` is None."""
+        key = self._default if name is None else name
+        entry = self._agents.get(key) if key is not None else None
+        if entry is None:
+            if name is None:
+                raise AgentNotFound("No agents are registered")
+            raise AgentNotFound(f"Agent {name!r} not found")
+        return entry
+
+    def entries(self) -> list[RegisteredAgent]:
+        return list(self._agents.values())
+
+    @property
+    def default_name(self) -> str | None:
+        return self._default
+
+    def __getitem__(self, name: str) -> Any:
+        return self._agents[name].target
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._agents)
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def __repr__(self) -> str:
+        return f"AgentRegistry({list(self._agents)!r})"
+
+
+registered_agents = AgentRegistry()
+"""The module-level registry: `register_agent("name", agent)` fills it and
+`create_app()` serves it, live, so agents registered later are seen too."""

@@ -1,0 +1,149 @@
+"""One chat turn, from request to stored history, as a stream of events.
+
+Every transport (JSON, SSE, WebSocket) consumes `Run.events()`; none talks
+to the store or the agent itself. With a session the turn holds the
+session's lock, loads its history, stores the user message before the agent
+starts and what the agent produced when it ends, whether it finished,
+failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+
+from ._context import AppContext
+from .exceptions import AgentError, OrbiterError
+from .models import (
+    DoneEvent,
+    Event,
+    Message,
+    TextEvent,
+    ToolCall,
+    ToolCallEvent,
+    ToolResultEvent,
+    Usage,
+)
+from .registry import RegisteredAgent
+from .stores.base import validate_session_id
+
+__all__ = ["Run", "as_agent_error", "start_run"]
+
+
+def as_agent_error(exc: Exception, agent_name: str) -> OrbiterError:
+    """Any failure of a run as an `OrbiterError` fit for a client."""
+    if isinstance(exc, OrbiterError):
+        return exc
+    error = AgentError(f"Agent {agent_name!r} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class _Transcript:
+    """Turns the agent's events into history messages, as they come."""
+
+    __slots__ = ("calls", "messages", "text")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.text: list[str] = []
+        self.calls: list[ToolCall] = []
+
+    def flush(self) -> None:
+        if self.text or self.calls:
+            self.messages.append(
+                Message(role="assistant", content="".join(self.text), tool_calls=self.calls or None)
+            )
+            self.text = []
+            self.calls = []
+
+    def tool_result(self, event: ToolResultEvent) -> None:
+        self.flush()
+        self.messages.append(
+            Message(
+                role="tool",
+                content=event.content,
+                tool_call_id=event.id,
+                name=event.name,
+                is_error=event.is_error,
+            )
+        )
+
+
+class Run:
+    """A turn of `agent` on `input`, optionally within a session."""
+
+    __slots__ = ("agent", "context", "id", "input", "session_id")
+
+    def __init__(
+        self, context: AppContext, agent: RegisteredAgent, input: str, session_id: str | None
+    ) -> None:
+        self.context = context
+        self.agent = agent
+        self.input = input
+        self.session_id = validate_session_id(session_id) if session_id is not None else None
+        self.id = uuid.uuid4().hex
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Text, tool and done events; failures raise `OrbiterError`."""
+        if self.session_id is None:
+            async for event in self._run([]):
+                yield event
+            return
+        store = self.context.store
+        session_id = self.session_id
+        async with store.lock(session_id):
+            history = await store.history(session_id, agent_name=self.agent.name)
+            await store.append(session_id, [Message(role="user", content=self.input)])
+            async for event in self._run(history):
+                yield event
+
+    async def _run(self, history: list[Message]) -> AsyncIterator[Event]:
+        agent = self.agent
+        transcript = _Transcript()
+        usage = Usage()
+        steps = 0
+        answer_start = 0  # the output is the text after the last tool round
+        stream = agent.stream(self.input, history)
+        try:
+            async for event in stream:
+                kind = type(event)
+                if kind is TextEvent:
+                    transcript.text.append(event.content)  # type: ignore[union-attr]
+                elif kind is Usage:
+                    usage += event  # type: ignore[operator]
+                    steps += 1
+                    continue
+                elif kind is ToolCallEvent:
+                    transcript.calls.append(
+                        ToolCall(id=event.id, name=event.name, arguments=event.arguments)  # type: ignore[union-attr]
+                    )
+                elif kind is ToolResultEvent:
+                    transcript.tool_result(event)  # type: ignore[arg-type]
+                    answer_start = len(transcript.messages)
+                yield event  # type: ignore[misc]
+        except Exception as exc:
+            raise as_agent_error(exc, agent.name) from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            transcript.flush()
+            if self.session_id is not None and transcript.messages:
+                with anyio.CancelScope(shield=True):
+                    await self.context.store.append(self.session_id, transcript.messages)
+        output = "".join(m.content for m in transcript.messages[answer_start:] if m.role == "assistant")
+        yield DoneEvent(
+            output=output,
+            agent_name=agent.name,
+            session_id=self.session_id,
+            steps=max(steps, 1),
+            usage=usage,
+        )
+
+
+def start_run(
+    context: AppContext, agent_name: str | None, input: str, session_id: str | None
+) -> Run:
+    """A run of the named (or default) agent; raises before anything is sent."""
+    return Run(context, context.agents.resolve(agent_name), input, session_id)

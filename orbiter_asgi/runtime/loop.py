@@ -1,0 +1,114 @@
+"""The tool-calling run loop: model call, tools, results fed back, repeat.
+
+It yields the contract's events as they happen, plus one `Usage` per model
+call (a step); the caller sums usage and counts steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from ..exceptions import MaxStepsExceeded
+from ..models import Message, TextEvent, ToolCall, ToolCallEvent, ToolResultEvent, Usage
+from ..providers.base import ModelRequest
+from .tools import Tool
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+__all__ = ["AgentEvent", "run_loop"]
+
+AgentEvent = TextEvent | ToolCallEvent | ToolResultEvent | Usage
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _tool_output(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return _encode(value).decode()
+
+
+async def _call_tool(tools: dict[str, Tool], call: ToolCallEvent) -> ToolResultEvent:
+    tool = tools.get(call.name)
+    if tool is None:
+        return ToolResultEvent(
+            id=call.id, name=call.name, content=f"Unknown tool {call.name!r}", is_error=True
+        )
+    try:
+        content = _tool_output(await tool(call.arguments))
+    except Exception as exc:  # a tool's failure goes back to the model, not to the client
+        return ToolResultEvent(
+            id=call.id, name=call.name, content=f"{type(exc).__name__}: {exc}", is_error=True
+        )
+    return ToolResultEvent(id=call.id, name=call.name, content=content)
+
+
+async def _call_tools(
+    tools: dict[str, Tool], calls: Sequence[ToolCallEvent]
+) -> list[ToolResultEvent]:
+    if len(calls) == 1:
+        return [await _call_tool(tools, calls[0])]
+    results: list[ToolResultEvent | None] = [None] * len(calls)
+
+    async def call_one(index: int, call: ToolCallEvent) -> None:
+        results[index] = await _call_tool(tools, call)
+
+    async with anyio.create_task_group() as group:
+        for index, call in enumerate(calls):
+            group.start_soon(call_one, index, call)
+    return [r for r in results if r is not None]
+
+
+async def run_loop(
+    agent: Agent, input: str, messages: Sequence[Message]
+) -> AsyncIterator[AgentEvent]:
+    """Run `agent` on `input` after `messages`; yields events as they come."""
+    provider, model_name = agent.provider_and_model()
+    history = [*messages, Message(role="user", content=input)]
+    tools = agent.tool_map
+    specs = [t.spec for t in tools.values()]
+    for _ in range(agent.max_steps):
+        request = ModelRequest(
+            model=model_name,
+            messages=history,
+            system=agent.instructions or None,
+            tools=specs,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+        )
+        text: list[str] = []
+        calls: list[ToolCallEvent] = []
+        async for event in provider.stream(request):
+            if type(event) is TextEvent:
+                text.append(event.content)
+            elif type(event) is ToolCallEvent:
+                calls.append(event)
+            yield event
+        if not calls:
+            return
+        history.append(
+            Message(
+                role="assistant",
+                content="".join(text),
+                tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls],
+            )
+        )
+        for result in await _call_tools(tools, calls):
+            yield result
+            history.append(
+                Message(
+                    role="tool",
+                    content=result.content,
+                    tool_call_id=result.id,
+                    name=result.name,
+                    is_error=result.is_error,
+                )
+            )
+    raise MaxStepsExceeded(
+        f"Agent {agent.name!r} reached max_steps={agent.max_steps} without a final answer"
+    )

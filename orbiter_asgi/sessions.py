@@ -1,0 +1,180 @@
+"""`session_router`: create, list, read, update and delete sessions and their messages.
+
+`GET /sessions` answers a JSON list, as the original package does; when more
+pages exist, the `X-Next-Cursor` header (and a `Link: rel="next"`) carries
+the cursor for the next call.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ._codec import Decoder, RequestValidationError, encode
+from ._context import get_context
+from ._http import Endpoint, query_params, read_body, read_json, send_json
+from .exceptions import SessionNotFound
+from .models import (
+    ErrorDetail,
+    Message,
+    Session,
+    SessionCreate,
+    SessionSummary,
+    SessionUpdate,
+    ValidationErrorItem,
+)
+from .routing import Operation, Router
+from .stores.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, validate_session_id
+
+__all__ = ["session_router"]
+
+_create = Decoder(SessionCreate)
+_update = Decoder(SessionUpdate)
+_messages = Decoder(Message | list[Message])
+
+
+def _session_id(scope: Scope) -> str:
+    return validate_session_id(scope["path_params"]["session_id"])
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        item = ValidationErrorItem(
+            loc=["query", "limit"],
+            msg=f"Input should be an integer from 1 to {MAX_PAGE_SIZE}",
+            type="value_error",
+        )
+        raise RequestValidationError([item])
+    return int(raw)
+
+
+class CreateSession(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = get_context(scope)
+        body = await read_body(scope, receive, context.limits.max_body_size)
+        request = _create.decode(body) if body.strip() else SessionCreate()
+        if request.id is not None:
+            validate_session_id(request.id)
+        session = await context.store.create(
+            agent_name=request.agent_name, metadata=request.metadata, session_id=request.id
+        )
+        await send_json(send, encode(session), 201)
+
+
+class ListSessions(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = query_params(scope)
+        limit = _limit(query.get("limit"))
+        agent_name = query.get("agent_name") or None
+        page = await get_context(scope).store.list(
+            agent_name=agent_name, limit=limit, cursor=query.get("cursor") or None
+        )
+        headers = None
+        if page.next_cursor is not None:
+            next_query = {"limit": limit, "cursor": page.next_cursor}
+            if agent_name:
+                next_query["agent_name"] = agent_name
+            link = f'<{scope.get("root_path", "")}{scope["path"]}?{urlencode(next_query)}>; rel="next"'
+            headers = [(b"x-next-cursor", page.next_cursor.encode()), (b"link", link.encode())]
+        await send_json(send, encode(page.items), headers=headers)
+
+
+class GetSession(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = await get_context(scope).store.get(_session_id(scope))
+        await send_json(send, encode(session))
+
+
+class UpdateSession(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = get_context(scope)
+        session_id = _session_id(scope)
+        update = await read_json(scope, receive, _update, context.limits.max_body_size)
+        session = await context.store.update(
+            session_id, agent_name=update.agent_name, metadata=update.metadata
+        )
+        await send_json(send, encode(session))
+
+
+class DeleteSession(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        store = get_context(scope).store
+        session_id = _session_id(scope)
+        async with store.lock(session_id):  # waits for a running turn to end
+            deleted = await store.delete(session_id)
+        if not deleted:
+            raise SessionNotFound(f"Session {session_id!r} not found")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class ListMessages(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        messages = await get_context(scope).store.messages(_session_id(scope))
+        await send_json(send, encode(messages))
+
+
+class AppendMessages(Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = get_context(scope)
+        session_id = _session_id(scope)
+        body = await read_json(scope, receive, _messages, context.limits.max_body_size)
+        messages = body if isinstance(body, list) else [body]
+        store = context.store
+        async with store.lock(session_id):
+            stored = await store.append(session_id, messages)
+        await send_json(send, encode(stored), 201)
+
+
+_TAGS = ["sessions"]
+_ERRORS = {404: ErrorDetail, 400: ErrorDetail}
+
+session_router = Router(
+    [
+        Route("/sessions", CreateSession(), methods=["POST"], name="create_session"),
+        Route("/sessions", ListSessions(), methods=["GET"], name="list_sessions"),
+        Route("/sessions/{session_id}", GetSession(), methods=["GET"], name="get_session"),
+        Route("/sessions/{session_id}", UpdateSession(), methods=["PATCH"], name="update_session"),
+        Route("/sessions/{session_id}", DeleteSession(), methods=["DELETE"], name="delete_session"),
+        Route("/sessions/{session_id}/messages", ListMessages(), methods=["GET"], name="list_messages"),
+        Route(
+            "/sessions/{session_id}/messages", AppendMessages(), methods=["POST"], name="append_messages"
+        ),
+    ],
+    operations=[
+        Operation(
+            method="post", path="/sessions", summary="Create a session", request=SessionCreate,
+            response=Session, status=201, responses={409: ErrorDetail}, tags=_TAGS,
+        ),
+        Operation(
+            method="get", path="/sessions", summary="List sessions, newest first",
+            response=list[SessionSummary], tags=_TAGS,
+            query=[("agent_name", str, False), ("limit", int, False), ("cursor", str, False)],
+        ),
+        Operation(
+            method="get", path="/sessions/{session_id}", summary="Get a session with its messages",
+            response=Session, responses=_ERRORS, tags=_TAGS,
+        ),
+        Operation(
+            method="patch", path="/sessions/{session_id}", summary="Update metadata or agent",
+            request=SessionUpdate, response=Session, responses=_ERRORS, tags=_TAGS,
+        ),
+        Operation(
+            method="delete", path="/sessions/{session_id}", summary="Delete a session",
+            status=204, responses=_ERRORS, tags=_TAGS,
+        ),
+        Operation(
+            method="get", path="/sessions/{session_id}/messages", summary="List messages",
+            response=list[Message], responses=_ERRORS, tags=_TAGS,
+        ),
+        Operation(
+            method="post", path="/sessions/{session_id}/messages", summary="Append messages",
+            request=Message | list[Message], response=list[Message], status=201,
+            responses=_ERRORS, tags=_TAGS,
+        ),
+    ],
+)

@@ -1,0 +1,142 @@
+"""The `SessionStore` protocol every backend implements, and shared helpers.
+
+Listing is newest first by `(created_at, id)`; a cursor is an opaque string
+naming the last item of the previous page by that key, so pages stay correct
+when sessions are created or deleted between them.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from ..exceptions import RequestError
+from ..models import Message, Session, SessionSummary
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Page",
+    "SessionStore",
+    "decode_cursor",
+    "encode_cursor",
+    "new_session_id",
+    "utcnow",
+    "validate_session_id",
+]
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_session_id(session_id: str) -> str:
+    """Session ids are 1-128 of `A-Z a-z 0-9 . _ : -`; anything else is a 400."""
+    if _SESSION_ID.fullmatch(session_id) is None:
+        raise RequestError(
+            "Invalid session id: use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'"
+        )
+    return session_id
+
+
+def encode_cursor(created_at: datetime, session_id: str) -> str:
+    raw = f"{created_at.timestamp():.6f}|{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The `(created_at, id)` key a cursor names; a 400 when it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, session_id = raw.partition("|")
+        created_at = datetime.fromtimestamp(float(stamp), UTC)
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
+        raise RequestError("Invalid cursor") from None
+    if not session_id:
+        raise RequestError("Invalid cursor")
+    return created_at, session_id
+
+
+class Page(msgspec.Struct):
+    """One page of a listing; `next_cursor` is None on the last page."""
+
+    items: list[SessionSummary]
+    next_cursor: str | None = None
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Async storage of sessions and their ordered message histories.
+
+    Errors: `SessionNotFound` for a missing id where one is required,
+    `ConflictError` when `create` is given an id that exists, and
+    `StoreError` when the backend cannot be reached.
+    """
+
+    async def create(
+        self,
+        *,
+        agent_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> Session: ...
+
+    async def get(self, session_id: str) -> Session:
+        """The session with all its messages, or `SessionNotFound`."""
+        ...
+
+    async def list(
+        self,
+        *,
+        agent_name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page:
+        """Summaries, newest first."""
+        ...
+
+    async def update(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
+    ) -> Session: ...
+
+    async def delete(self, session_id: str) -> bool:
+        """True when the session existed."""
+        ...
+
+    async def messages(self, session_id: str) -> list[Message]:
+        """The history, oldest first, or `SessionNotFound`."""
+        ...
+
+    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+        """The history for a chat turn, creating the session when it is new."""
+        ...
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+        """Append in order, stamping `created_at`; returns what was stored."""
+        ...
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Serializes chat turns on one session."""
+        ...
+
+    async def aclose(self) -> None: ...

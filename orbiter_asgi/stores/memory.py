@@ -1,0 +1,153 @@
+"""In-process session store: the default of `create_app()`, lost on restart."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..exceptions import ConflictError, SessionNotFound
+from ..models import Message, Session, SessionSummary
+from .base import (
+    DEFAULT_PAGE_SIZE,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    new_session_id,
+    utcnow,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class _Record:
+    __slots__ = ("agent_name", "created_at", "id", "messages", "metadata", "updated_at")
+
+    def __init__(self, session_id: str, agent_name: str | None, metadata: dict[str, Any]) -> None:
+        self.id = session_id
+        self.agent_name = agent_name
+        self.metadata = metadata
+        self.messages: list[Message] = []
+        self.created_at = self.updated_at = utcnow()
+
+    def session(self) -> Session:
+        return Session(
+            id=self.id,
+            agent_name=self.agent_name,
+            metadata=dict(self.metadata),
+            messages=list(self.messages),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    def summary(self) -> SessionSummary:
+        return SessionSummary(
+            id=self.id,
+            agent_name=self.agent_name,
+            metadata=dict(self.metadata),
+            message_count=len(self.messages),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class MemoryStore:
+    """Keeps sessions in a dict; `memory://`."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+
+    def _record(self, session_id: str) -> _Record:
+        try:
+            return self._records[session_id]
+        except KeyError:
+            raise SessionNotFound(f"Session {session_id!r} not found") from None
+
+    async def create(
+        self,
+        *,
+        agent_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        session_id = session_id or new_session_id()
+        if session_id in self._records:
+            raise ConflictError(f"Session {session_id!r} already exists")
+        record = self._records[session_id] = _Record(session_id, agent_name, dict(metadata or {}))
+        return record.session()
+
+    async def get(self, session_id: str) -> Session:
+        return self._record(session_id).session()
+
+    async def list(
+        self,
+        *,
+        agent_name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page:
+        after: tuple[datetime, str] | None = decode_cursor(cursor) if cursor else None
+        records = sorted(self._records.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        items: list[SessionSummary] = []
+        for record in records:
+            if agent_name is not None and record.agent_name != agent_name:
+                continue
+            if after is not None and (record.created_at, record.id) >= after:
+                continue
+            if len(items) == limit:
+                last = items[-1]
+                return Page(items, encode_cursor(last.created_at, last.id))
+            items.append(record.summary())
+        return Page(items)
+
+    async def update(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
+    ) -> Session:
+        record = self._record(session_id)
+        if agent_name is not msgspec.UNSET:
+            record.agent_name = agent_name
+        if metadata is not msgspec.UNSET:
+            record.metadata = dict(metadata)
+        record.updated_at = utcnow()
+        return record.session()
+
+    async def delete(self, session_id: str) -> bool:
+        return self._records.pop(session_id, None) is not None
+
+    async def messages(self, session_id: str) -> list[Message]:
+        return list(self._record(session_id).messages)
+
+    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+        record = self._records.get(session_id)
+        if record is None:
+            record = self._records[session_id] = _Record(session_id, agent_name, {})
+        return list(record.messages)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+        record = self._record(session_id)
+        now = utcnow()
+        stored = [msgspec.structs.replace(m, created_at=m.created_at or now) for m in messages]
+        record.messages.extend(stored)
+        record.updated_at = now
+        return stored
+
+    @asynccontextmanager
+    async def lock(self, session_id: str) -> AsyncIterator[None]:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = anyio.Lock()
+        async with lock:
+            yield
+
+    async def aclose(self) -> None:
+        return None
