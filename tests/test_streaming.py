@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from orbiter_asgi import Agent, OrbiterApp, create_app
+from tests.helpers import client_for, sse_events
+
+
+class Probe:
+    """An agent that streams until stopped and records how it ended."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.ended_by: str | None = None
+
+    async def stream(self, input: str, *, messages: Any) -> AsyncIterator[str]:
+        self.started.set()
+        try:
+            for n in range(1000):
+                yield f"w{n} "
+                await anyio.sleep(0.01)
+            self.ended_by = "completed"
+        except BaseException as exc:
+            self.ended_by = type(exc).__name__
+            raise
+
+    name = "probe"
+
+
+@pytest.mark.anyio
+async def test_stream_get_is_sse_of_the_run(client: httpx.AsyncClient) -> None:
+    response = await client.get("/stream", params={"agent_name": "assistant", "input": "Tell me a story"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert [e["content"] for e in events if isinstance(e, dict) and e["type"] == "text"] == [
+        "Tell ", "me ", "a ", "story"
+    ]
+    assert events[-1] == "[DONE]"
+
+
+@pytest.mark.anyio
+async def test_stream_errors_before_start_are_json(client: httpx.AsyncClient) -> None:
+    missing_input = await client.get("/stream")
+    unknown = await client.get("/stream", params={"input": "x", "agent_name": "nope"})
+    assert missing_input.status_code == 400
+    assert missing_input.json() == {"detail": "Query parameter 'input' is required"}
+    assert unknown.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_content_with_newlines_keeps_sse_framing(client: httpx.AsyncClient) -> None:
+    text = "line one\n\ndata: fake\r\nid: 99 end"
+    response = await client.post("/chat", json={"input": text, "stream": True})
+    events = sse_events(response.text)
+    assert "".join(e["content"] for e in events if isinstance(e, dict) and e["type"] == "text") == text
+    assert all(line.startswith(("id: ", "data: ")) for line in response.text.splitlines() if line)
+
+
+async def _drive(app: OrbiterApp, scope: dict[str, Any], body: bytes, on_chunk: Any) -> None:
+    """Call the app like a server would, ending the request when told to."""
+    disconnect = anyio.Event()
+    sent_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and await on_chunk(message):
+            disconnect.set()
+
+    await app(scope, receive, send)
+
+
+def _scope(method: str, path: str, query: bytes = b"") -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+        "root_path": "", "query_string": query, "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_cancels_the_run() -> None:
+    probe = Probe()
+    app = create_app(agents=[probe])
+    chunks: list[bytes] = []
+
+    async def on_chunk(message: dict[str, Any]) -> bool:
+        chunks.append(message["body"])
+        return len(chunks) == 3
+
+    body = json.dumps({"input": "go", "stream": True, "session_id": "cut"}).encode()
+    with anyio.fail_after(5):
+        await _drive(app, _scope("POST", "/chat"), body, on_chunk)
+    assert probe.ended_by in ("CancelledError", "GeneratorExit")
+    async with client_for(app) as client:
+        messages = (await client.get("/sessions/cut/messages")).json()
+    assert messages[0] == {**messages[0], "role": "user", "content": "go"}
+    assert messages[1]["role"] == "assistant" and messages[1]["content"].startswith("w0 ")
+
+
+@pytest.mark.anyio
+async def test_send_failing_with_oserror_cancels_the_run() -> None:
+    probe = Probe()
+    app = create_app(agents=[probe])
+    sent = 0
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sent
+        sent += 1
+        if sent > 2:
+            raise OSError("client gone")  # ASGI 2.4: a send to a closed connection
+
+    with anyio.fail_after(5):
+        await app(_scope("GET", "/stream", b"input=go"), receive, send)
+    assert probe.ended_by in ("CancelledError", "GeneratorExit")
+
+
+@pytest.mark.anyio
+async def test_idle_stream_gets_comment_heartbeats() -> None:
+    async def slow(input: str) -> AsyncIterator[str]:
+        await anyio.sleep(0.35)
+        yield "late"
+
+    app = create_app(agents={"slow": slow}, heartbeat_interval=0.1)
+    chunks: list[bytes] = []
+
+    async def on_chunk(message: dict[str, Any]) -> bool:
+        chunks.append(message["body"])
+        return False
+
+    with anyio.fail_after(5):
+        await _drive(app, _scope("GET", "/stream", b"input=x"), b"", on_chunk)
+    assert b": ping\n\n" in chunks
+    assert chunks.index(b": ping\n\n") < next(i for i, c in enumerate(chunks) if b"late" in c)
+    assert chunks[-1].endswith(b"data: [DONE]\n\n")
+
+
+# --- WebSocket ---------------------------------------------------------------
+
+
+def _turn(ws: Any) -> list[dict[str, Any]]:
+    events = []
+    while True:
+        event = ws.receive_json()
+        events.append(event)
+        if event["type"] in ("done", "error"):
+            return events
+
+
+def test_websocket_many_turns_with_a_session() -> None:
+    app = create_app(agents=[Agent("assistant")])
+    with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_text(json.dumps({"agent_name": "assistant", "input": "Hello!", "session_id": "session-123"}))
+        first = _turn(ws)
+        ws.send_json({"input": "Second turn", "session_id": "session-123"})
+        second = _turn(ws)
+        history = client.get("/sessions/session-123/messages").json()
+    assert "".join(e["content"] for e in first if e["type"] == "text") == "Hello!"
+    assert first[-1]["type"] == "done" and first[-1]["session_id"] == "session-123"
+    assert second[-1]["output"] == "Second turn"
+    assert [m["content"] for m in history] == ["Hello!", "Hello!", "Second turn", "Second turn"]
+
+
+def test_websocket_bad_frames_get_error_events_and_socket_stays_open() -> None:
+    app = create_app(agents=[Agent("assistant")])
+    with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_text("{not json")
+        assert ws.receive_json()["code"] == "bad_request"
+        ws.send_json({"input": "hi", "agent_name": "ghost"})
+        assert ws.receive_json() == {"type": "error", "error": "Agent 'ghost' not found", "code": "agent_not_found"}
+        ws.send_json({"agent_name": "assistant"})
+        assert ws.receive_json()["code"] == "bad_request"
+        ws.send_json({"input": "x", "session_id": "bad id"})
+        assert ws.receive_json()["code"] == "bad_request"
+        ws.send_bytes(json.dumps({"input": "bytes work"}).encode())
+        assert _turn(ws)[-1]["output"] == "bytes work"
+
+
+def test_websocket_cancel_stops_the_running_turn() -> None:
+    probe = Probe()
+    app = create_app(agents=[probe, Agent("assistant")])
+    with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"input": "go", "session_id": "ws-cancel"})
+        assert ws.receive_json()["type"] == "text"
+        ws.send_json({"input": "too soon"})
+        busy = ws.receive_json()
+        while busy["type"] == "text":
+            busy = ws.receive_json()
+        assert busy["code"] == "busy"
+        ws.send_json({"type": "cancel"})
+        events = _turn(ws)
+        assert events[-1] == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
+        ws.send_json({"input": "next turn works", "agent_name": "assistant"})
+        assert _turn(ws)[-1]["output"] == "next turn works"
+        history = client.get("/sessions/ws-cancel/messages").json()
+    assert probe.ended_by in ("CancelledError", "GeneratorExit")
+    assert [m["role"] for m in history] == ["user", "assistant"]
+
+
+def test_websocket_oversized_message_closes_with_1009() -> None:
+    app = create_app(agents=[Agent("assistant")], max_ws_message_size=64)
+    with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"input": "x" * 100})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1009
