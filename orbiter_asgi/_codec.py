@@ -52,7 +52,7 @@ def _loc(path: str, root: str) -> list[str | int]:
 def validation_error(exc: msgspec.ValidationError, root: str = "body") -> RequestValidationError:
     message = str(exc)
     match = _PATH.search(message)
-    loc = _loc(match.group(1), root) if match else [root]
+    loc: list[str | int] = _loc(match.group(1), root) if match else [root]
     msg = message[: match.start()] if match else message
     kind = "value_error"
     if missing := _MISSING.match(msg):

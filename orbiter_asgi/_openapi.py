@@ -58,7 +58,7 @@ def openapi_document(
             }
         operation: dict[str, Any] = {
             "summary": op.summary,
-            "operationId": f"{op.method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "operationId": op.method + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_"),
             "responses": responses,
         }
         if op.tags:

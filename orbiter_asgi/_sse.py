@@ -9,6 +9,7 @@ under ASGI 2.4).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 
@@ -81,10 +82,8 @@ async def send_event_stream(
         while True:
             await anyio.sleep(heartbeat)
             if anyio.current_time() - last_write >= heartbeat:
-                try:
+                with contextlib.suppress(anyio.WouldBlock):
                     sender.send_nowait(_PING)
-                except anyio.WouldBlock:
-                    pass
 
     await send(
         {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}

@@ -53,7 +53,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_chat = Decoder(ChatRequest)
+_chat: Decoder[ChatRequest] = Decoder(ChatRequest)
 
 
 class ChatEndpoint(Endpoint):

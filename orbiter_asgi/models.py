@@ -118,7 +118,7 @@ class SessionCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class SessionUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of `PATCH /sessions/{id}`: only the fields sent are changed."""
 
-    agent_name: str | None | msgspec.UnsetType = msgspec.UNSET
+    agent_name: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 

@@ -71,8 +71,15 @@ def _convert(value: str, annotation: Any, loc: list[str | int]) -> Any:
         raise RequestValidationError([item]) from None
 
 
+def _hints(func: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return get_type_hints(func)
+    except NameError:  # a hint names a local class; use what can be used
+        return dict(getattr(func, "__annotations__", {}))
+
+
 def _request_endpoint(func: Callable[..., Any], status_code: int) -> Callable[[Request], Awaitable[Response]]:
-    hints = get_type_hints(func)
+    hints = _hints(func)
     parameters = list(inspect.signature(func).parameters.values())
     is_async = inspect.iscoroutinefunction(func)
     body_params = [
@@ -194,7 +201,7 @@ class Router:
         self.routes.append(
             Route(path, _request_endpoint(func, status_code), methods=list(methods), name=func.__name__)
         )
-        hints = get_type_hints(func)
+        hints = _hints(func)
         doc = summary if summary is not None else (inspect.getdoc(func) or "").split("\n\n")[0]
         for method in methods:
             self.operations.append(

@@ -30,9 +30,9 @@ from .stores.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, validate_session_id
 
 __all__ = ["session_router"]
 
-_create = Decoder(SessionCreate)
-_update = Decoder(SessionUpdate)
-_messages = Decoder(Message | list[Message])
+_create: Decoder[SessionCreate] = Decoder(SessionCreate)
+_update: Decoder[SessionUpdate] = Decoder(SessionUpdate)
+_messages: Decoder[Message | list[Message]] = Decoder(Message | list[Message])
 
 
 def _session_id(scope: Scope) -> str:
@@ -78,7 +78,7 @@ class ListSessions(Endpoint):
             next_query = {"limit": limit, "cursor": page.next_cursor}
             if agent_name:
                 next_query["agent_name"] = agent_name
-            link = f'<{scope.get("root_path", "")}{scope["path"]}?{urlencode(next_query)}>; rel="next"'
+            link = f'<{scope["path"]}?{urlencode(next_query)}>; rel="next"'
             headers = [(b"x-next-cursor", page.next_cursor.encode()), (b"link", link.encode())]
         await send_json(send, encode(page.items), headers=headers)
 

@@ -21,4 +21,3 @@ def sse_events(body: str) -> list[dict[str, Any] | str]:
                 payload = line[6:]
                 events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
-

@@ -7,7 +7,6 @@ import pytest
 
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi.app import ChatRequest, ChatResponse
-
 from tests.helpers import client_for, sse_events
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +126,11 @@ async def test_agent_failure_is_502_with_clear_detail_and_error_event() -> None:
         streamed = await client.post("/chat", json={"input": "hi", "stream": True})
     events = sse_events(streamed.text)
     assert events[0] == {"type": "text", "content": "partial "}
-    assert events[1] == {"type": "error", "error": "Agent 'broken' failed: RuntimeError: model exploded", "code": "agent_error"}
+    assert events[1] == {
+        "type": "error",
+        "error": "Agent 'broken' failed: RuntimeError: model exploded",
+        "code": "agent_error",
+    }
     assert events[-1] == "[DONE]"
 
 
@@ -138,7 +141,9 @@ async def test_wrong_method_is_405_with_detail(client: httpx.AsyncClient) -> Non
 
 
 def test_chat_request_and_response_build_like_the_original_models() -> None:
-    request = ChatRequest(agent_name="assistant", input="What is Python?", session_id="session-123", stream=False)
+    request = ChatRequest(
+        agent_name="assistant", input="What is Python?", session_id="session-123", stream=False
+    )
     assert request.input == "What is Python?"
     assert ChatRequest(message="hi").input == "hi"
     with pytest.raises(ValueError, match="input"):

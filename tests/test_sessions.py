@@ -13,7 +13,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_session_lifecycle(client: httpx.AsyncClient) -> None:
-    created = await client.post("/sessions", json={"agent_name": "assistant", "metadata": {"user_id": "u-123"}})
+    created = await client.post(
+        "/sessions", json={"agent_name": "assistant", "metadata": {"user_id": "u-123"}}
+    )
     assert created.status_code == 201
     session = created.json()
     assert session["agent_name"] == "assistant"
@@ -51,9 +53,7 @@ async def test_empty_body_creates_a_session(client: httpx.AsyncClient) -> None:
     assert response.json()["agent_name"] is None
 
 
-@pytest.mark.parametrize(
-    "body", [{"metadata": [1]}, {"unknown": 1}, {"agent_name": 3}]
-)
+@pytest.mark.parametrize("body", [{"metadata": [1]}, {"unknown": 1}, {"agent_name": 3}])
 async def test_bad_session_bodies_are_422(client: httpx.AsyncClient, body: object) -> None:
     response = await client.post("/sessions", json=body)
     assert response.status_code == 422
@@ -143,7 +143,9 @@ async def test_messages_can_be_listed_and_appended(client: httpx.AsyncClient) ->
     assert one.json()[0]["created_at"].endswith("Z")
     listed = (await client.get("/sessions/s-3/messages")).json()
     assert [(m["role"], m["content"]) for m in listed] == [
-        ("user", "Hello"), ("assistant", "Hi there!"), ("user", "ok")
+        ("user", "Hello"),
+        ("assistant", "Hi there!"),
+        ("user", "ok"),
     ]
     bad = await client.post("/sessions/s-3/messages", json={"role": "wizard", "content": "x"})
     assert bad.status_code == 422
@@ -198,7 +200,8 @@ async def test_streamed_turn_with_session_is_stored(client: httpx.AsyncClient) -
     assert sse_events(response.text)[-2]["session_id"] == "s-1"  # type: ignore[index]
     messages = (await client.get("/sessions/s-1/messages")).json()
     assert [(m["role"], m["content"]) for m in messages] == [
-        ("user", "Tell me a story"), ("assistant", "Tell me a story")
+        ("user", "Tell me a story"),
+        ("assistant", "Tell me a story"),
     ]
 
 

@@ -42,7 +42,10 @@ async def test_stream_get_is_sse_of_the_run(client: httpx.AsyncClient) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_events(response.text)
     assert [e["content"] for e in events if isinstance(e, dict) and e["type"] == "text"] == [
-        "Tell ", "me ", "a ", "story"
+        "Tell ",
+        "me ",
+        "a ",
+        "story",
     ]
     assert events[-1] == "[DONE]"
 
@@ -87,10 +90,18 @@ async def _drive(app: OrbiterApp, scope: dict[str, Any], body: bytes, on_chunk: 
 
 def _scope(method: str, path: str, query: bytes = b"") -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
-        "root_path": "", "query_string": query, "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
     }
 
 
@@ -187,7 +198,11 @@ def test_websocket_bad_frames_get_error_events_and_socket_stays_open() -> None:
         ws.send_text("{not json")
         assert ws.receive_json()["code"] == "bad_request"
         ws.send_json({"input": "hi", "agent_name": "ghost"})
-        assert ws.receive_json() == {"type": "error", "error": "Agent 'ghost' not found", "code": "agent_not_found"}
+        assert ws.receive_json() == {
+            "type": "error",
+            "error": "Agent 'ghost' not found",
+            "code": "agent_not_found",
+        }
         ws.send_json({"agent_name": "assistant"})
         assert ws.receive_json()["code"] == "bad_request"
         ws.send_json({"input": "x", "session_id": "bad id"})

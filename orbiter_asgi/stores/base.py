@@ -8,6 +8,7 @@ when sessions are created or deleted between them.
 from __future__ import annotations
 
 import base64
+import builtins
 import re
 import uuid
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ class SessionStore(Protocol):
         self,
         session_id: str,
         *,
-        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session: ...
 
@@ -123,15 +124,15 @@ class SessionStore(Protocol):
         """True when the session existed."""
         ...
 
-    async def messages(self, session_id: str) -> list[Message]:
+    async def messages(self, session_id: str) -> builtins.list[Message]:
         """The history, oldest first, or `SessionNotFound`."""
         ...
 
-    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+    async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
         """The history for a chat turn, creating the session when it is new."""
         ...
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+    async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:
         """Append in order, stamping `created_at`; returns what was stored."""
         ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -94,7 +95,7 @@ class MemoryStore:
     ) -> Page:
         after: tuple[datetime, str] | None = decode_cursor(cursor) if cursor else None
         records = sorted(self._records.values(), key=lambda r: (r.created_at, r.id), reverse=True)
-        items: list[SessionSummary] = []
+        items: builtins.list[SessionSummary] = []
         for record in records:
             if agent_name is not None and record.agent_name != agent_name:
                 continue
@@ -110,7 +111,7 @@ class MemoryStore:
         self,
         session_id: str,
         *,
-        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session:
         record = self._record(session_id)
@@ -124,16 +125,16 @@ class MemoryStore:
     async def delete(self, session_id: str) -> bool:
         return self._records.pop(session_id, None) is not None
 
-    async def messages(self, session_id: str) -> list[Message]:
+    async def messages(self, session_id: str) -> builtins.list[Message]:
         return list(self._record(session_id).messages)
 
-    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+    async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
         record = self._records.get(session_id)
         if record is None:
             record = self._records[session_id] = _Record(session_id, agent_name, {})
         return list(record.messages)
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+    async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:
         record = self._record(session_id)
         now = utcnow()
         stored = [msgspec.structs.replace(m, created_at=m.created_at or now) for m in messages]

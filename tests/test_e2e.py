@@ -1,0 +1,105 @@
+"""The app under real uvicorn and hypercorn processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.servers import running_server
+
+pytestmark = pytest.mark.e2e
+
+TARGET = str(Path(__file__).parent / "apps" / "slow_agents.py") + ":agents"
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "hypercorn"])
+def server(request: pytest.FixtureRequest) -> Iterator[str]:
+    args = [TARGET, "--store", "memory://", "--server", request.param]
+    with running_server(args) as url:
+        yield url
+
+
+def test_chat_and_sessions(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as client:
+        first = client.post("/chat", json={"input": "hello real server", "session_id": "e2e"})
+        second = client.post("/chat", json={"message": "again", "session_id": "e2e"})
+        session = client.get("/sessions/e2e").json()
+        bad = client.post("/chat", content=b"{", headers={"content-type": "application/json"})
+    assert first.json()["output"] == "hello real server"
+    assert second.json()["output"] == "again"
+    assert [m["content"] for m in session["messages"]] == [
+        "hello real server",
+        "hello real server",
+        "again",
+        "again",
+    ]
+    assert bad.status_code == 400 and bad.json()["detail"]
+
+
+def test_sse_arrives_incrementally(server: str) -> None:
+    arrivals: list[float] = []
+    payloads: list[str] = []
+    params = {"agent_name": "slow", "input": "one two three four five"}
+    with (
+        httpx.Client(base_url=server, timeout=10) as client,
+        client.stream("GET", "/stream", params=params) as response,
+    ):
+        assert response.headers["x-accel-buffering"] == "no"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic())
+                payloads.append(line[6:])
+    assert payloads[-1] == "[DONE]"
+    assert json.loads(payloads[-2])["output"] == "one two three four five"
+    # five words 50 ms apart: the first arrives well before the last
+    assert arrivals[-1] - arrivals[0] > 0.1
+
+
+def test_disconnect_cancels_the_run(server: str) -> None:
+    params = {"agent_name": "slow", "input": " ".join(f"w{n}" for n in range(200)), "session_id": "cut"}
+    with httpx.Client(base_url=server, timeout=10) as client:
+        with client.stream("GET", "/stream", params=params) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data: ") and "w2" in line:
+                    break
+        messages: list[dict[str, str]] = []
+        for _ in range(50):  # the server notices the disconnect within a few words
+            messages = client.get("/sessions/cut/messages").json()
+            if len(messages) == 2:
+                break
+            time.sleep(0.1)
+    assert messages[0]["content"].startswith("w0 w1")
+    assert messages[1]["role"] == "assistant"
+    assert 0 < len(messages[1]["content"].split()) < 200
+
+
+def test_websocket_turns(server: str) -> None:
+    ws_url = server.replace("http", "ws", 1) + "/ws/chat"
+    with connect(ws_url) as ws:
+        for text in ("first turn", "second turn"):
+            ws.send(json.dumps({"agent_name": "assistant", "input": text, "session_id": "ws"}))
+            events = []
+            while not events or events[-1]["type"] not in ("done", "error"):
+                events.append(json.loads(ws.recv(timeout=10)))
+            assert events[-1]["output"] == text
+        ws.send("not json")
+        assert json.loads(ws.recv(timeout=10))["code"] == "bad_request"
+
+
+def test_cli_demo_prints_url_and_agents() -> None:
+    with running_server(["--store", "memory://"], env={"OPENAI_API_KEY": ""}) as url:
+        agents = httpx.get(f"{url}/agents").json()
+    assert agents == [
+        {
+            "name": "assistant",
+            "model": "echo",
+            "description": "Demo agent (echo: answers with your own words)",
+        }
+    ]
