@@ -35,7 +35,7 @@ from .exceptions import OrbiterError
 from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
-from .routing import Operation, Router
+from .routing import MethodDecorators, Operation, Router
 from .runs import as_agent_error, start_run
 from .sessions import session_router
 from .stores import SessionStore, open_store
@@ -125,7 +125,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return Response(encode(ErrorDetail("Internal Server Error")), 500, media_type="application/json")
 
 
-class OrbiterApp(Starlette):
+class OrbiterApp(MethodDecorators, Starlette):
     """A Starlette app serving agents, with FastAPI-style decorators.
 
     Build it with `create_app()`. Besides everything `Starlette` offers:
@@ -214,21 +214,6 @@ class OrbiterApp(Starlette):
             return func
 
         return decorator
-
-    def get(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["GET"], **options)
-
-    def post(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["POST"], **options)
-
-    def put(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PUT"], **options)
-
-    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PATCH"], **options)
-
-    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["DELETE"], **options)
 
     def websocket(self, path: str) -> Callable[[F], F]:
         def decorator(func: F) -> F:
