@@ -122,7 +122,10 @@ class Tool:
         if self.is_async:
             result: Any = await self.func(**kwargs)
             return result
-        return await anyio.to_thread.run_sync(lambda: self.func(**kwargs))
+        # abandon_on_cancel: a cancelled run returns at once; the thread finishes alone
+        return await anyio.to_thread.run_sync(
+            lambda: self.func(**kwargs), abandon_on_cancel=True
+        )
 
 
 @overload
