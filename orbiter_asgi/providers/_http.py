@@ -49,24 +49,44 @@ class ServerSentEvent:
 
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
-    """Events of a `text/event-stream` body, per the WHATWG framing rules."""
+    """Events of a `text/event-stream` body, per the WHATWG framing rules.
+
+    Lines are split on bytes rather than with `aiter_lines()`, which skips a
+    text-decoding pass per chunk; only complete lines are decoded, so a UTF-8
+    character split across chunks is safe.
+    """
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield ServerSentEvent(event or "message", "\n".join(data))
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
+    buffer = b""
+    skip_lf = False  # the last chunk ended in "\r"; a leading "\n" belongs to it
+    async for chunk in response.aiter_bytes():
+        if skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        skip_lf = False
+        if b"\r" in chunk:
+            skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if buffer:
+            chunk = buffer + chunk
+        lines = chunk.split(b"\n")
+        buffer = lines.pop()
+        for line in lines:
+            if not line:
+                if data:
+                    yield ServerSentEvent(event or "message", "\n".join(data))
+                event, data = "", []
+                continue
+            field, _, value = line.decode("utf-8", "replace").partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                event = value
+    if buffer:  # a last line without its line break
+        field, _, value = buffer.decode("utf-8", "replace").partition(":")
         if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value
+            data.append(value[1:] if value.startswith(" ") else value)
     if data:  # a last event without its blank line still counts
         yield ServerSentEvent(event or "message", "\n".join(data))
 

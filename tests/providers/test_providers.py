@@ -339,3 +339,24 @@ async def test_owned_client_is_created_lazily_and_closed(kind: str) -> None:
     client = provider.client  # type: ignore[attr-defined]
     await provider.aclose()
     assert client.is_closed and provider._client is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+async def test_sse_framing(newline: bytes, size: int) -> None:
+    from orbiter_asgi.providers._http import iter_sse
+
+    text = (
+        b": comment\n\nevent: first\ndata: {\"a\":\n"
+        b"data: 1}\n\nid: 7\ndata:caf\xc3\xa9\n\nretry: 5\n\ndata: last"
+    ).replace(b"\n", newline)
+    parts = [text[i : i + size] for i in range(0, len(text), size)]
+
+    class Chunks(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for part in parts:
+                yield part
+
+    response = httpx.Response(200, stream=Chunks())
+    events = [(e.event, e.data) async for e in iter_sse(response)]
+    assert events == [("first", '{"a":\n1}'), ("message", "café"), ("message", "last")]
