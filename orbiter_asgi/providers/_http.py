@@ -250,7 +250,9 @@ class HTTPProvider:
         attempt = 0
         while True:
             try:
-                async with self.client.stream("POST", url, content=content, headers=headers) as response:
+                async with self.client.stream(
+                    "POST", url, content=content, headers=headers
+                ) as response:
                     if response.is_success:
                         try:
                             yield response
@@ -271,7 +273,8 @@ class HTTPProvider:
                 if attempt >= self.max_retries:
                     raise ProviderError(
                         f"Cannot connect to {self.label} at {self.base_url}: "
-                        f"{type(exc).__name__}: {exc}".rstrip(": ") + self.connect_hint
+                        f"{type(exc).__name__}: {exc}".rstrip(": ")
+                        + self.connect_hint
                     ) from exc
                 delay = self._delay(attempt, None)
             except httpx.TimeoutException as exc:

@@ -138,7 +138,9 @@ class AnthropicProvider(HTTPProvider):
         blocks: dict[int, _Block] = {}
         input_tokens = output_tokens = 0
         stopped = False
-        async with self.open_stream("/v1/messages", self.body(request), model=request.model) as response:
+        async with self.open_stream(
+            "/v1/messages", self.body(request), model=request.model
+        ) as response:
             async for sse in iter_sse(response):
                 try:
                     event = _decode(sse.data)
@@ -147,7 +149,9 @@ class AnthropicProvider(HTTPProvider):
                         f"{self.label} sent a malformed stream event: {sse.data[:200]!r}"
                     ) from exc
                 if not isinstance(event, dict):
-                    raise ProviderError(f"{self.label} sent a malformed stream event: {sse.data[:200]!r}")
+                    raise ProviderError(
+                        f"{self.label} sent a malformed stream event: {sse.data[:200]!r}"
+                    )
                 kind = event.get("type", sse.event)
                 if kind == "content_block_delta":
                     delta = event.get("delta") or {}
@@ -196,7 +200,9 @@ class AnthropicProvider(HTTPProvider):
             try:
                 arguments = parse_arguments(raw)
             except ValueError as exc:
-                yield InvalidToolCall(id=block.id, name=block.name, raw_arguments=raw, error=str(exc))
+                yield InvalidToolCall(
+                    id=block.id, name=block.name, raw_arguments=raw, error=str(exc)
+                )
                 continue
             yield ToolCallEvent(id=block.id, name=block.name, arguments=arguments)
         yield Usage(

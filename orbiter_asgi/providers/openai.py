@@ -144,7 +144,9 @@ class OpenAIProvider(HTTPProvider):
                         f"{self.label} sent a malformed stream chunk: {data[:200]!r}"
                     ) from exc
                 if not isinstance(chunk, dict):
-                    raise ProviderError(f"{self.label} sent a malformed stream chunk: {data[:200]!r}")
+                    raise ProviderError(
+                        f"{self.label} sent a malformed stream chunk: {data[:200]!r}"
+                    )
                 if (error := chunk.get("error")) is not None:
                     message = error.get("message") if isinstance(error, dict) else error
                     raise ProviderError(f"{self.label} reported an error mid-stream: {message}")

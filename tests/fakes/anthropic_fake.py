@@ -60,8 +60,11 @@ class AnthropicFake(FakeModelServer):
             parts.append(
                 event(
                     "content_block_start",
-                    {"type": "content_block_start", "index": 0,
-                     "content_block": {"type": "text", "text": ""}},
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
                 )
             )
             parts.append(b'event: ping\ndata: {"type": "ping"}\n\n')
@@ -69,8 +72,11 @@ class AnthropicFake(FakeModelServer):
                 parts.append(
                     event(
                         "content_block_delta",
-                        {"type": "content_block_delta", "index": 0,
-                         "delta": {"type": "text_delta", "text": c}},
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": c},
+                        },
                     )
                 )
             parts.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
@@ -82,17 +88,27 @@ class AnthropicFake(FakeModelServer):
                 parts.append(
                     event(
                         "content_block_start",
-                        {"type": "content_block_start", "index": index,
-                         "content_block": {"type": "tool_use", "id": call.id,
-                                           "name": call.name, "input": {}}},
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {
+                                "type": "tool_use",
+                                "id": call.id,
+                                "name": call.name,
+                                "input": {},
+                            },
+                        },
                     )
                 )
                 for piece in ["", *call.fragments()]:
                     parts.append(
                         event(
                             "content_block_delta",
-                            {"type": "content_block_delta", "index": index,
-                             "delta": {"type": "input_json_delta", "partial_json": piece}},
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": piece},
+                            },
                         )
                     )
                 parts.append(
@@ -102,9 +118,11 @@ class AnthropicFake(FakeModelServer):
         parts.append(
             event(
                 "message_delta",
-                {"type": "message_delta",
-                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                 "usage": {"output_tokens": completion}},
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": completion},
+                },
             )
         )
         parts.append(event("message_stop", {"type": "message_stop"}))

@@ -161,7 +161,11 @@ async def test_request_shape_anthropic() -> None:
     assert body["system"] == "Be brief."
     assert body["max_tokens"] == 4096 and body["temperature"] == 0.5
     assert body["tools"] == [
-        {"name": "get_weather", "description": "Current weather.", "input_schema": WEATHER.parameters}
+        {
+            "name": "get_weather",
+            "description": "Current weather.",
+            "input_schema": WEATHER.parameters,
+        }
     ]
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
@@ -169,15 +173,30 @@ async def test_request_shape_anthropic() -> None:
             "role": "assistant",
             "content": [
                 {"type": "text", "text": "Checking."},
-                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Rome"}},
-                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Oslo"}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "get_weather",
+                    "input": {"city": "Rome"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "toolu_2",
+                    "name": "get_weather",
+                    "input": {"city": "Oslo"},
+                },
             ],
         },
         {
             "role": "user",
             "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
-                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "Boom", "is_error": True},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": "Boom",
+                    "is_error": True,
+                },
                 {"type": "text", "text": "thanks"},
             ],
         },
@@ -229,7 +248,8 @@ async def test_ollama_needs_no_key_and_defaults_to_local(monkeypatch: pytest.Mon
     monkeypatch.delenv("OLLAMA_BASE_URL", raising=False)
     fake = FAKES["openai"](Text(["ok"]))
     provider = OllamaProvider(client=fake.client())
-    assert [e async for e in provider.stream(request(model="llama3.2"))][0] == TextEvent("ok")
+    events = [e async for e in provider.stream(request(model="llama3.2"))]
+    assert events[:1] == [TextEvent("ok")]
     assert fake.requests[0].url == "http://127.0.0.1:11434/v1/chat/completions"
     assert "authorization" not in fake.requests[0].headers
 
@@ -325,7 +345,7 @@ MALFORMED = {
 @pytest.mark.parametrize("case", range(3), ids=["bad-json", "error-event", "cut-short"])
 async def test_malformed_streams(kind: str, case: int) -> None:
     fake = FAKES[kind](Raw(MALFORMED[kind][case]))
-    with pytest.raises(ProviderError, match="malformed|mid-stream|ended before"):
+    with pytest.raises(ProviderError, match=r"malformed|mid-stream|ended before"):
         await collect(make_provider(kind, fake))
     assert fake.streams[0].closed
 
@@ -347,7 +367,7 @@ async def test_sse_framing(newline: bytes, size: int) -> None:
     from orbiter_asgi.providers._http import iter_sse
 
     text = (
-        b": comment\n\nevent: first\ndata: {\"a\":\n"
+        b': comment\n\nevent: first\ndata: {"a":\n'
         b"data: 1}\n\nid: 7\ndata:caf\xc3\xa9\n\nretry: 5\n\ndata: last"
     ).replace(b"\n", newline)
     parts = [text[i : i + size] for i in range(0, len(text), size)]

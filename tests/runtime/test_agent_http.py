@@ -19,7 +19,18 @@ with warnings.catch_warnings():
 
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi.runtime import tool
-from tests.fakes import FAKES, Call, FakeModelServer, Hang, Raise, Raw, Status, Text, ToolCalls, make_provider
+from tests.fakes import (
+    FAKES,
+    Call,
+    FakeModelServer,
+    Hang,
+    Raise,
+    Raw,
+    Status,
+    Text,
+    ToolCalls,
+    make_provider,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -111,9 +122,18 @@ async def test_stream_events_in_order(kind: str) -> None:
         response = await http.get("/stream", params={"input": "2+3?"})
     events = sse_events(response.text)
     assert [e["type"] for e in events] == ["text", "tool_call", "tool_result", "text", "done"]
-    assert events[1] == {"type": "tool_call", "id": "call_a", "name": "add", "arguments": {"a": 2, "b": "3"}}
+    assert events[1] == {
+        "type": "tool_call",
+        "id": "call_a",
+        "name": "add",
+        "arguments": {"a": 2, "b": "3"},
+    }
     assert events[2] == {
-        "type": "tool_result", "id": "call_a", "name": "add", "content": "5", "is_error": False
+        "type": "tool_result",
+        "id": "call_a",
+        "name": "add",
+        "content": "5",
+        "is_error": False,
     }
     assert events[4]["output"] == "5" and events[4]["steps"] == 2
 
@@ -233,8 +253,14 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("turn", "code", "words"), FAILURES, ids=lambda v: getattr(v, "code", None) or type(v).__name__ if not isinstance(v, str) else v)
-async def test_failures_are_502_and_error_events(kind: str, turn: Any, code: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("turn", "code", "words"),
+    FAILURES,
+    ids=lambda v: getattr(v, "code", None) or type(v).__name__ if not isinstance(v, str) else v,
+)
+async def test_failures_are_502_and_error_events(
+    kind: str, turn: Any, code: str, words: str
+) -> None:
     fake = FAKES[kind](*[turn] * 6)
     app = build(kind, fake, max_retries=1)
     async with client(app) as http:
@@ -253,30 +279,61 @@ async def test_session_continues_on_the_other_provider() -> None:
     )
     anthropic = FAKES["anthropic"](Text(["Still cold."]))
     agents = [
-        Agent(name="gpt", model=MODELS["openai"], tools=[get_weather],
-              provider=make_provider("openai", openai)),
-        Agent(name="claude", model=MODELS["anthropic"], tools=[get_weather],
-              provider=make_provider("anthropic", anthropic)),
+        Agent(
+            name="gpt",
+            model=MODELS["openai"],
+            tools=[get_weather],
+            provider=make_provider("openai", openai),
+        ),
+        Agent(
+            name="claude",
+            model=MODELS["anthropic"],
+            tools=[get_weather],
+            provider=make_provider("anthropic", anthropic),
+        ),
     ]
     async with client(create_app(agents=agents)) as http:
-        first = await http.post("/chat", json={"agent_name": "gpt", "input": "Oslo?", "session_id": "s1"})
+        first = await http.post(
+            "/chat", json={"agent_name": "gpt", "input": "Oslo?", "session_id": "s1"}
+        )
         assert first.json()["output"] == "Cold in Oslo."
         second = await http.post(
             "/chat", json={"agent_name": "claude", "input": "And now?", "session_id": "s1"}
         )
         assert second.status_code == 200 and second.json()["output"] == "Still cold."
         stored = (await http.get("/sessions/s1")).json()["messages"]
-    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant", "user", "assistant"]
+    assert [m["role"] for m in stored] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     body = anthropic.requests[0].body
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Oslo?"}]},
-        {"role": "assistant", "content": [
-            {"type": "tool_use", "id": "call_w1", "name": "get_weather", "input": {"city": "Oslo"}},
-        ]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "call_w1",
-             "content": "Oslo: 21 degrees celsius, sunny"},
-        ]},
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "call_w1",
+                    "name": "get_weather",
+                    "input": {"city": "Oslo"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "call_w1",
+                    "content": "Oslo: 21 degrees celsius, sunny",
+                },
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "Cold in Oslo."}]},
         {"role": "user", "content": [{"type": "text", "text": "And now?"}]},
     ]
@@ -295,10 +352,18 @@ async def test_agent_detail_lists_tool_names(kind: str) -> None:
 
 def _scope(path: str, query: bytes) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
-        "root_path": "", "query_string": query, "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
     }
 
 

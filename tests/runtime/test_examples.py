@@ -24,7 +24,12 @@ def load(name: str) -> dict[str, Any]:
     ("name", "kind", "call", "expected"),
     [
         ("openai_tools.py", "openai", Call("c1", "calculate", '{"expression": "17 * 23"}'), "391"),
-        ("openai_tools.py", "openai", Call("c1", "get_weather", '{"city": "Oslo"}'), '"temperature":9'),
+        (
+            "openai_tools.py",
+            "openai",
+            Call("c1", "get_weather", '{"city": "Oslo"}'),
+            '"temperature":9',
+        ),
         ("anthropic_agent.py", "anthropic", Call("t1", "local_time", '{"city": "Tokyo"}'), " on "),
         ("local_ollama.py", "openai", Call("c1", "roll_dice", '{"count": 2, "sides": 1}'), "[1,1]"),
     ],

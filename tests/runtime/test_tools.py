@@ -47,7 +47,9 @@ def test_schema_from_hints_and_google_docstring() -> None:
         "description": "The city name, with its country if ambiguous.",
     }
     assert params["properties"]["days"] == {
-        "type": "integer", "default": 3, "description": "How many days."
+        "type": "integer",
+        "default": 3,
+        "description": "How many days.",
     }
     assert params["properties"]["unit"] == {"enum": ["c", "f"], "default": "c"}
     assert params["$defs"]["Point"]["required"] == ["x", "y"]
