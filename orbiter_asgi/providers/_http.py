@@ -201,7 +201,7 @@ class HTTPProvider:
         hinted = _retry_after(response) if response is not None else None
         if hinted is not None:
             return min(hinted, _MAX_DELAY)
-        return min(self.backoff * 2**attempt * (0.5 + random.random() / 2), _MAX_DELAY)
+        return min(self.backoff * 2.0**attempt * (0.5 + random.random() / 2), _MAX_DELAY)
 
     def _status_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
         status = response.status_code

@@ -60,7 +60,9 @@ def to_anthropic_messages(
             add("user", [block])
         else:
             # the API rejects empty text blocks; a cancelled turn may have stored ""
-            blocks = [{"type": "text", "text": message.content}] if message.content else []
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": message.content}] if message.content else []
+            )
             for call in message.tool_calls or ():
                 blocks.append(
                     {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}

@@ -2,7 +2,7 @@
 
 It yields the contract's events as they happen, plus one `Usage` per model
 call (a step); the caller sums usage and counts steps. The provider's stream
-is closed explicitly (`aclosing`) when the run stops early, so a cancelled
+is closed explicitly when the run stops early, so a cancelled
 run closes the upstream HTTP request at once instead of when the garbage
 collector gets to it. A tool's failure, unknown tool or unparsable arguments
 go back to the model as an `is_error` result; only provider failures and the
@@ -12,7 +12,6 @@ step limit end the run with an error.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -102,18 +101,28 @@ async def run_loop(
         text: list[str] = []
         calls: list[ToolCallEvent] = []
         invalid: dict[str, InvalidToolCall] = {}
-        async with aclosing(provider.stream(request)) as events:
+        events = provider.stream(request)
+        try:
             async for event in events:
-                kind = type(event)
-                if kind is TextEvent:
-                    text.append(event.content)  # type: ignore[union-attr]
-                elif kind is ToolCallEvent:
-                    calls.append(event)  # type: ignore[arg-type]
-                elif kind is InvalidToolCall:
-                    invalid[event.id] = event  # type: ignore[union-attr]
-                    event = ToolCallEvent(id=event.id, name=event.name)  # type: ignore[union-attr]
+                # exact type checks: the hot path of every streamed token
+                if type(event) is TextEvent:
+                    text.append(event.content)
+                    yield event
+                elif type(event) is ToolCallEvent:
                     calls.append(event)
-                yield event  # type: ignore[misc]
+                    yield event
+                elif isinstance(event, InvalidToolCall):
+                    invalid[event.id] = event
+                    call = ToolCallEvent(id=event.id, name=event.name)
+                    calls.append(call)
+                    yield call
+                else:
+                    yield event
+        finally:
+            # close the provider's stream now, so a cancelled run ends its HTTP request
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if not calls:
             return
         history.append(

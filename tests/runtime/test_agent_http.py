@@ -431,3 +431,14 @@ def test_websocket_cancel_closes_the_upstream_request(kind: str) -> None:
         ws.send_json({"input": "again"})
         assert ws.receive_json() == {"type": "text", "content": "next turn"}
         assert ws.receive_json()["type"] == "done"
+
+
+async def test_python_api_run_returns_the_final_answer(kind: str) -> None:
+    fake = FAKES[kind](
+        ToolCalls([Call("call_1", "add", '{"a": 1, "b": 2}')], text=["Thinking."], usage=(3, 4)),
+        Text(["Three."], usage=(5, 6)),
+    )
+    agent = Agent(name="calc", model=MODELS[kind], tools=[add], provider=make_provider(kind, fake))
+    result = await agent.run("1+2?")
+    assert result.output == "Three." and result.steps == 2
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (8, 10)
