@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import anyio
 from starlette.types import Receive, Send
@@ -66,9 +67,12 @@ async def send_event_stream(
     last_write = anyio.current_time()
 
     async def produce() -> None:
+        # aclosing: a cancelled run closes its generators (and the model's HTTP
+        # request behind them) now, not whenever they are garbage-collected
         try:
-            async for event in events():
-                await sender.send(event)
+            async with aclosing(events()) as stream:
+                async for event in stream:
+                    await sender.send(event)
         except Exception as exc:
             await sender.send(error_event(exc, agent_name))
         await sender.send(_END)
@@ -90,38 +94,39 @@ async def send_event_stream(
     )
     event_id = 0
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch_disconnect)
-            group.start_soon(produce)
-            if heartbeat and not math.isinf(heartbeat):
-                group.start_soon(beat)
-            finished = False
-            while not finished:
-                item = await receiver.receive()
-                parts: list[bytes] = []
-                while True:
-                    if item is _END:
-                        parts.append(DONE)
-                        finished = True
-                        break
-                    if item is _PING:
-                        parts.append(HEARTBEAT)
-                    else:
-                        event_id += 1
-                        parts.append(frame(event_id, item))  # type: ignore[arg-type]
-                    try:
-                        item = receiver.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": parts[0] if len(parts) == 1 else b"".join(parts),
-                        "more_body": not finished,
-                    }
-                )
-                last_write = anyio.current_time()
-            group.cancel_scope.cancel()
+        with sender, receiver:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch_disconnect)
+                group.start_soon(produce)
+                if heartbeat and not math.isinf(heartbeat):
+                    group.start_soon(beat)
+                finished = False
+                while not finished:
+                    item = await receiver.receive()
+                    parts: list[bytes] = []
+                    while True:
+                        if item is _END:
+                            parts.append(DONE)
+                            finished = True
+                            break
+                        if item is _PING:
+                            parts.append(HEARTBEAT)
+                        else:
+                            event_id += 1
+                            parts.append(frame(event_id, item))  # type: ignore[arg-type]
+                        try:
+                            item = receiver.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": parts[0] if len(parts) == 1 else b"".join(parts),
+                            "more_body": not finished,
+                        }
+                    )
+                    last_write = anyio.current_time()
+                group.cancel_scope.cancel()
     except* OSError:
         pass  # the client went away mid-send; leaving the task group cancelled the run
     finally:

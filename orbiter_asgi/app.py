@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -74,13 +75,28 @@ class ChatEndpoint(Endpoint):
             )
             return
         done: DoneEvent | None = None
-        try:
-            async for event in run.events():
-                if type(event) is DoneEvent:
-                    done = event
-        except Exception as exc:
-            raise as_agent_error(exc, run.agent.name) from exc
-        assert done is not None
+
+        async def watch_disconnect() -> None:
+            # the body is read; the next message is the client leaving: cancel the run
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        error: OrbiterError | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect)
+            try:
+                async with aclosing(run.events()) as events:
+                    async for event in events:
+                        if type(event) is DoneEvent:
+                            done = event
+            except Exception as exc:  # raised outside the task group, not as a group
+                error = as_agent_error(exc, run.agent.name)
+            group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if done is None:
+            return  # the client went away; nobody is left to answer
         response = ChatResponse(
             output=done.output,
             agent_name=done.agent_name,
