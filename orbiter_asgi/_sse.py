@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 import anyio
@@ -56,7 +56,7 @@ _END = object()
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    events: Callable[[], AsyncIterator[Event]],
+    events: Callable[[], AsyncGenerator[Event, None]],
     *,
     agent_name: str,
     heartbeat: float = 15.0,

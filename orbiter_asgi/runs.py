@@ -10,7 +10,7 @@ failed or was cancelled.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -86,7 +86,7 @@ class Run:
         self.session_id = validate_session_id(session_id) if session_id is not None else None
         self.id = uuid.uuid4().hex
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
         if self.session_id is None:
             async for event in self._run([]):
@@ -100,7 +100,7 @@ class Run:
             async for event in self._run(history):
                 yield event
 
-    async def _run(self, history: list[Message]) -> AsyncIterator[Event]:
+    async def _run(self, history: list[Message]) -> AsyncGenerator[Event, None]:
         agent = self.agent
         transcript = _Transcript()
         usage = Usage()
