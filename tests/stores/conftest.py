@@ -15,16 +15,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from store_helpers import RedisServer, redis_unavailable_reason
+from store_helpers import BACKENDS, RedisServer, redis_unavailable_reason
 
 from orbiter_asgi.stores import SessionStore, open_store
-
-BACKENDS = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", id="redis", marks=pytest.mark.redis),
-]
-
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import pytest
 
 __all__ = [
+    "BACKENDS",
     "HERE",
     "RedisServer",
     "ServerProcess",
@@ -25,6 +27,12 @@ __all__ = [
 ]
 
 HERE = Path(__file__).resolve().parent
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
 
 
 def free_port() -> int:
