@@ -87,18 +87,21 @@ if ARGV[3] ~= '' then redis.call('ZADD', ARGV[3], ARGV[4], ARGV[1]) end
 return {}
 """
 
-# KEYS: hash, messages, dedupe key; ARGV: now, message...
+# KEYS: hash, messages, dedupe key; ARGV: now, dedupe ttl ms, message...
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if not redis.call('SET', KEYS[3], 1, 'NX', 'PX', %d) then return redis.call('LLEN', KEYS[2]) end
-for i = 2, #ARGV, 1000 do
+if not redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[2]) then
+  return redis.call('LLEN', KEYS[2])
+end
+for i = 3, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
 return redis.call('LLEN', KEYS[2])
-""" % _RETRY_DEDUPE_MS
+"""
 
-# KEYS: hash, messages; ARGV: agent index prefix, id, now, set agent?, agent, set metadata?, metadata
+# KEYS: hash, messages
+# ARGV: agent index prefix, id, now, set agent?, agent, set metadata?, metadata
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if ARGV[4] == '1' then
@@ -281,7 +284,7 @@ class RedisStore:
         except RedisError as exc:
             detail = str(exc) or type(exc).__name__
             raise StoreError(f"Redis store unavailable: {detail}") from exc
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise StoreError(f"Redis store unavailable: {type(exc).__name__}: {exc}") from exc
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -463,7 +466,7 @@ class RedisStore:
             return stored
         session_key, messages_key = self._keys(session_id)
         dedupe = f"{self.prefix}op:{uuid.uuid4().hex}"
-        args = (micros(now), *(encode_message(m) for m in stored))
+        args = (micros(now), _RETRY_DEDUPE_MS, *(encode_message(m) for m in stored))
         if await self._script("append", (session_key, messages_key, dedupe), args) < 0:
             raise _not_found(session_id)
         return stored

@@ -19,6 +19,7 @@ from store_helpers import BACKENDS, RedisServer, redis_unavailable_reason
 
 from orbiter_asgi.stores import SessionStore, open_store
 
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -76,18 +77,22 @@ def prefix() -> str:
     return f"test:{uuid.uuid4().hex[:12]}:"
 
 
+@pytest.fixture
+def redis_store_url(redis_url: str, prefix: str) -> Iterator[str]:
+    """A Redis store URL with a key prefix of this test's own, removed afterwards."""
+    yield f"{redis_url}?prefix={prefix}"
+    _drop_prefix(redis_url, prefix)
+
+
 @pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh store URL: memory, an SQLite file of its own, or a Redis key prefix of its own."""
-    backend = request.param
-    if backend == "memory":
-        yield "memory://"
-    elif backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sessions.db'}"
-    else:
-        url: str = request.getfixturevalue("redis_url")
-        yield f"{url}?prefix={prefix}"
-        _drop_prefix(url, prefix)
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    url: str = request.getfixturevalue("redis_store_url")
+    return url
 
 
 @pytest.fixture

@@ -61,7 +61,10 @@ def _accepts(port: int) -> bool:
 
 def redis_unavailable_reason() -> str | None:
     if shutil.which("redis-server") is None:
-        return "redis-server is not installed (apt-get install redis-server) and ORBITER_TEST_REDIS_URL is not set"
+        return (
+            "redis-server is not installed (apt-get install redis-server) "
+            "and ORBITER_TEST_REDIS_URL is not set"
+        )
     return None
 
 
@@ -110,7 +113,9 @@ class RedisServer:
 class ServerProcess:
     """`uvicorn store_app:factory` on a free port, serving the echo agent over `store`."""
 
-    def __init__(self, store: str, *, workers: int = 1, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, store: str, *, workers: int = 1, env: Mapping[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "ORBITER_TEST_STORE": store, **(env or {})}

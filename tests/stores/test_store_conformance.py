@@ -78,7 +78,8 @@ async def test_list_summaries_and_agent_filter(store: SessionStore) -> None:
     a = await store.create(agent_name="a", metadata={"k": "v"})
     b = await store.create(agent_name="b")
     a2 = await store.create(agent_name="a")
-    await store.append(a.id, [Message(role="user", content="1"), Message(role="assistant", content="2")])
+    two = [Message(role="user", content="1"), Message(role="assistant", content="2")]
+    await store.append(a.id, two)
     assert await _all_ids(store, limit=1, agent_name="a") == [a2.id, a.id]
     assert await _all_ids(store, limit=5, agent_name="b") == [b.id]
     assert (await store.list(agent_name="nobody")).items == []
@@ -164,7 +165,8 @@ async def test_append_and_messages(store: SessionStore) -> None:
     assert (await store.get(session.id)).messages == stored
     assert await store.append(session.id, []) == []
     more = await store.append(session.id, [Message(role="user", content="again")])
-    assert _content(await store.messages(session.id))[-2:] == [("assistant", "three"), ("user", "again")]
+    last_two = _content(await store.messages(session.id))[-2:]
+    assert last_two == [("assistant", "three"), ("user", "again")]
     assert (await store.get(session.id)).updated_at == more[0].created_at
 
 

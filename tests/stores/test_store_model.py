@@ -16,11 +16,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from redis import Redis
+from store_helpers import BACKENDS
 
 from orbiter_asgi.exceptions import ConflictError, SessionNotFound
 from orbiter_asgi.models import Message
-from store_helpers import BACKENDS
-
 from orbiter_asgi.stores import SessionStore, open_store
 
 IDS = st.sampled_from(["a", "b", "c", "d-1", "E.2"])
@@ -124,7 +123,9 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
                 if cursor is None:
                     break
             expected = {
-                sid for sid, r in self.model.items() if agent_name is None or r.agent_name == agent_name
+                sid
+                for sid, record in self.model.items()
+                if agent_name is None or record.agent_name == agent_name
             }
             keys = [(i.created_at, i.id) for i in items]
             assert keys == sorted(keys, reverse=True)
