@@ -197,13 +197,16 @@ async def test_sqlite_upgrades_an_older_file(
     conn.close()
 
 
-async def test_busy_session_is_a_503(tmp_path: Path, serve: Callable[..., httpx.AsyncClient]) -> None:
+async def test_busy_session_is_a_503(
+    tmp_path: Path, serve: Callable[..., httpx.AsyncClient]
+) -> None:
     url = f"sqlite:///{tmp_path / 'turns.db'}?lock_wait=0.2"
     holder = open_store(url)
     client = serve(open_store(url))
     try:
+        turn = {"input": "x", "session_id": "s"}
         async with holder.lock("s"):
-            _assert_503(await client.post("/chat", json={"input": "x", "session_id": "s"}), "busy")
-        assert (await client.post("/chat", json={"input": "x", "session_id": "s"})).status_code == 200
+            _assert_503(await client.post("/chat", json=turn), "busy")
+        assert (await client.post("/chat", json=turn)).status_code == 200
     finally:
         await holder.aclose()
