@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -68,13 +69,17 @@ async def test_batches_are_never_interleaved(open_stores: Callable[[], SessionSt
         assert contents[start : start + 5] == [f"{owner}:{i}" for i in range(5)]
 
 
-def _persistent(store_url: str) -> None:
-    if store_url == "memory://":
-        pytest.skip("a memory store is not shared between processes")
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that separate processes share (so not memory)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue("redis_store_url")
+    return url
 
 
-async def test_concurrent_appends_from_two_processes(store_url: str) -> None:
-    _persistent(store_url)
+async def test_concurrent_appends_from_two_processes(shared_url: str) -> None:
+    store_url = shared_url
     store = open_store(store_url)
     try:
         await store.create(session_id="shared")
@@ -98,8 +103,8 @@ async def test_concurrent_appends_from_two_processes(store_url: str) -> None:
         await store.aclose()
 
 
-async def test_crashed_lock_holder_does_not_wedge_the_session(store_url: str) -> None:
-    _persistent(store_url)
+async def test_crashed_lock_holder_does_not_wedge_the_session(shared_url: str) -> None:
+    store_url = shared_url
     separator = "&" if "?" in store_url else "?"
     url = f"{store_url}{separator}lock_ttl=1&lock_wait=30"
     child = subprocess.Popen(
