@@ -115,7 +115,7 @@ class SessionStore(Protocol):
         self,
         session_id: str,
         *,
-        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session: ...
 

@@ -110,7 +110,7 @@ class MemoryStore:
         self,
         session_id: str,
         *,
-        agent_name: str | None | msgspec.UnsetType = msgspec.UNSET,
+        agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session:
         record = self._record(session_id)

@@ -20,6 +20,7 @@ URL options: `?prefix=orbiter:`, `?timeout=5` (socket timeouts),
 from __future__ import annotations
 
 import asyncio
+import builtins
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -432,14 +433,14 @@ class RedisStore:
 
     # --- histories --------------------------------------------------------------------
 
-    async def messages(self, session_id: str) -> list[Message]:
+    async def messages(self, session_id: str) -> builtins.list[Message]:
         session_key, messages_key = self._keys(session_id)
 
-        async def work(client: aioredis.Redis) -> list[Any]:
+        async def work(client: aioredis.Redis) -> builtins.list[Any]:
             pipe = client.pipeline(transaction=True)
             pipe.exists(session_key)
             pipe.lrange(messages_key, 0, -1)
-            result: list[Any] = await pipe.execute()
+            result: builtins.list[Any] = await pipe.execute()
             return result
 
         exists, bodies = await self._call(work)
@@ -447,7 +448,7 @@ class RedisStore:
             raise _not_found(session_id)
         return [self._decode(decode_message, body) for body in bodies]
 
-    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+    async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
         keys = (*self._keys(session_id), self._index)
         args = (
             session_id,
@@ -459,7 +460,7 @@ class RedisStore:
         bodies = await self._script("history", keys, args)
         return [self._decode(decode_message, body) for body in bodies]
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+    async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:
         stored, now = stamp(messages)
         if not stored:
             await self.messages(session_id)  # still a 404 for a missing session

@@ -18,6 +18,7 @@ options `?timeout=5` (seconds to wait for a busy file), `?pool=4`,
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 import sqlite3
@@ -381,9 +382,9 @@ class SQLiteStore:
     @staticmethod
     def _list(
         conn: sqlite3.Connection, agent_name: str | None, limit: int, key: tuple[int, str] | None
-    ) -> list[_Row]:
-        where: list[str] = []
-        params: list[Any] = []
+    ) -> builtins.list[_Row]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if agent_name is not None:
             where.append("agent_name = ?")
             params.append(agent_name)
@@ -437,24 +438,24 @@ class SQLiteStore:
 
     # --- histories ---------------------------------------------------------------
 
-    async def messages(self, session_id: str) -> list[Message]:
+    async def messages(self, session_id: str) -> builtins.list[Message]:
         return await self._run(self._messages, session_id)
 
     @staticmethod
-    def _messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
+    def _messages(conn: sqlite3.Connection, session_id: str) -> builtins.list[Message]:
         with _Transaction(conn, immediate=False):
             exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if exists is None:
                 raise _not_found(session_id)
             return _select_messages(conn, session_id)
 
-    async def history(self, session_id: str, *, agent_name: str | None) -> list[Message]:
+    async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
         return await self._run(self._history, session_id, agent_name, micros(utcnow()))
 
     @staticmethod
     def _history(
         conn: sqlite3.Connection, session_id: str, agent_name: str | None, now: int
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         with _Transaction(conn, immediate=False):
             exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if exists is not None:
@@ -467,14 +468,16 @@ class SQLiteStore:
             ).rowcount
             return [] if created else _select_messages(conn, session_id)
 
-    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+    async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:
         stored, now = stamp(messages)
         bodies = [encode_message(m).decode() for m in stored]
         await self._run(self._append, session_id, bodies, micros(now))
         return stored
 
     @staticmethod
-    def _append(conn: sqlite3.Connection, session_id: str, bodies: list[str], now: int) -> None:
+    def _append(
+        conn: sqlite3.Connection, session_id: str, bodies: builtins.list[str], now: int
+    ) -> None:
         with _Transaction(conn, immediate=True):
             row = conn.execute(
                 "SELECT message_count FROM sessions WHERE id = ?", (session_id,)
@@ -541,7 +544,7 @@ class SQLiteStore:
         await self._run(self._extend_locks, rows)
 
     @staticmethod
-    def _extend_locks(conn: sqlite3.Connection, rows: list[tuple[int, str, str]]) -> None:
+    def _extend_locks(conn: sqlite3.Connection, rows: builtins.list[tuple[int, str, str]]) -> None:
         with _Transaction(conn, immediate=True):
             conn.executemany(
                 "UPDATE turn_locks SET expires_at = ? WHERE session_id = ? AND token = ?", rows
