@@ -129,6 +129,3 @@ async def send_event_stream(
                 group.cancel_scope.cancel()
     except* OSError:
         pass  # the client went away mid-send; leaving the task group cancelled the run
-    finally:
-        sender.close()
-        receiver.close()
