@@ -23,6 +23,11 @@ class Measurement:
     def rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
 
+    def ratio_to(self, base: Measurement) -> float | None:
+        """Median over rounds of this round's rate over `base`'s in the same round."""
+        pairs = [(r, b) for r, b in zip(self.rates, base.rates, strict=False) if b]
+        return statistics.median(r / b for r, b in pairs) if pairs else None
+
     @property
     def p99(self) -> float:
         return statistics.median(self.p99s) if self.p99s else 0.0
@@ -61,7 +66,8 @@ def render(
     lines += [
         f"Throughput is the median over rounds; p99 is the median of each round's p99 latency "
         f"(a whole response, a whole stream, or a whole WebSocket turn). Ratios are to "
-        f"`{first}` in the same run.",
+        f"`{first}` in the same run: the median over rounds of the ratio within each round, "
+        f"so that load from elsewhere on the machine, which shifts whole rounds, cancels out.",
         "",
         "| scenario | target | throughput | ratio to " + first + " | p99 ms | errors |",
         "|---|---|---:|---:|---:|---:|",
@@ -74,7 +80,8 @@ def render(
             m = by_key.get((scenario, target))
             if m is None:
                 continue
-            ratio = f"{m.rate / base.rate:.2f}×" if base and base.rate else "—"
+            value = m.ratio_to(base) if base else None
+            ratio = f"{value:.2f}×" if value else "—"
             lines.append(
                 f"| {scenario} | {target} | {_fmt_rate(m.rate)} {m.unit} | {ratio} "
                 f"| {m.p99:.1f} | {m.errors} |"
@@ -92,7 +99,8 @@ def render(
             cells = []
             for target in targets[1:]:
                 m = by_key.get((scenario, target))
-                cells.append(f"{base.rate / m.rate:.2f}" if base and m and m.rate else "—")
+                value = base.ratio_to(m) if base and m else None
+                cells.append(f"{value:.2f}" if value else "—")
             lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     if idle:
         lines += [

@@ -276,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     args.out.write_text(table)
+    raw = {
+        "measurements": [m.__dict__ for m in measurements],
+        "idle": [r.__dict__ for r in idle],
+        "targets": names,
+        "header": header,
+        "skipped": skipped,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     return 0
 
 
