@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -96,7 +97,7 @@ async def _run(port: int, n: int, path: str, concurrency: int, timeout: float) -
                     loop.create_connection(lambda: _Stream(request, stats), "127.0.0.1", port),
                     timeout=30,
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 stats.connect_errors += 1
                 stats.closed += 1
                 if stats.closed >= n:
@@ -108,10 +109,9 @@ async def _run(port: int, n: int, path: str, concurrency: int, timeout: float) -
         await asyncio.sleep(0.05)
     open_time = time.perf_counter() - started
     print(f"OPEN {stats.opened} {open_time:.3f}", flush=True)
-    try:
-        await asyncio.wait_for(stats.all_closed.wait(), timeout=max(1.0, deadline - time.perf_counter()))
-    except asyncio.TimeoutError:
-        pass
+    with contextlib.suppress(TimeoutError):
+        remaining = max(1.0, deadline - time.perf_counter())
+        await asyncio.wait_for(stats.all_closed.wait(), timeout=remaining)
     for task in connecting:
         task.cancel()
     return {

@@ -81,7 +81,7 @@ def render(
             if m is None:
                 continue
             value = m.ratio_to(base) if base else None
-            ratio = f"{value:.2f}×" if value else "—"
+            ratio = f"{value:.2f}x" if value else "—"
             lines.append(
                 f"| {scenario} | {target} | {_fmt_rate(m.rate)} {m.unit} | {ratio} "
                 f"| {m.p99:.1f} | {m.errors} |"

@@ -19,6 +19,7 @@ import json
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,9 @@ from .servers import ROOT, TARGETS, Server, Target, client_cpus, pinned, server_
 
 __all__ = ["main"]
 
-_BENCH_MODULES = ("uvicorn", "uvloop", "httptools", "hypercorn", "fastapi", "pydantic", "websockets", "psutil")
+_BENCH_MODULES = (
+    "uvicorn", "uvloop", "httptools", "hypercorn", "fastapi", "pydantic", "websockets", "psutil",
+)  # fmt: skip
 
 
 def ensure_dependencies() -> None:
@@ -121,7 +124,7 @@ def _idle(
         client = subprocess.Popen(
             pinned(
                 [sys.executable, "-m", "benchmarks.idle_client", "--port", str(server.port),
-                 "--n", str(n), "--path", path, "--timeout", str(timeout)],  # fmt: skip
+                 "--n", str(n), "--path", path, "--timeout", str(timeout)],
                 client_cpus(),
             ),
             cwd=ROOT,
@@ -174,6 +177,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers
     if not args.no_install:
         ensure_dependencies()
     _raise_fd_limit()
@@ -234,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for name in names:
                     prefix = f"{run_id}-{round_}-"
-                    r = run_wrk(servers[name].base_url, scenario, duration=args.duration, session_prefix=prefix)
+                    r = run_wrk(
+                        servers[name].base_url, scenario, duration=args.duration, session_prefix=prefix
+                    )
                     results[name].rates.append(r.rate)
                     results[name].p99s.append(r.p99_ms)
                     results[name].errors += r.errors
-                    print(f"  {scenario.name:20} {name:20} round {round_ + 1}: "
-                          f"{r.rate:10.1f}/s  p99 {r.p99_ms:8.1f} ms  errors {r.errors}", flush=True)  # fmt: skip
+                    print(f"  {scenario.name:20} {name:20} round {round_ + 1}: {r.rate:10.1f}/s"
+                          f"  p99 {r.p99_ms:8.1f} ms  errors {r.errors}", flush=True)  # fmt: skip
             measurements.extend(results.values())
 
         for ws_scenario in ws:
@@ -260,15 +266,15 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:
                 result = _idle(target, server_kind, n, args, log_dir)
                 idle.append(result)
-                print(f"  idle_streams N={n:<6} {target.name:20} opened {result.opened} "
-                      f"completed {result.completed} {result.per_stream_kib:.1f} KiB/stream", flush=True)  # fmt: skip
+                print(f"  idle_streams N={n:<6} {target.name:20} opened {result.opened} completed "
+                      f"{result.completed} {result.per_stream_kib:.1f} KiB/stream", flush=True)  # fmt: skip
 
     names = [t.name for t in targets]
     if any(m.target == "orbiter_asgi+sqlite" for m in measurements):
         names.append("orbiter_asgi+sqlite")
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
-        f"## {server_kind}: {args.rounds} rounds × {args.duration:g} s, "
+        f"## {server_kind}: {args.rounds} rounds of {args.duration:g} s, "
         f"{started_at:%Y-%m-%d %H:%M} UTC\n\n"
         f"- command: `{command.strip()}`\n- machine: {_machine()}\n- versions: {_versions()}"
     )
@@ -288,4 +294,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unit(scenario: HttpScenario) -> str:
-    return "streams/s" if b'"stream":true' in scenario.body or scenario.path.startswith("/stream") else "req/s"
+    streamed = b'"stream":true' in scenario.body or scenario.path.startswith("/stream")
+    return "streams/s" if streamed else "req/s"

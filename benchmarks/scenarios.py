@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 __all__ = ["AGENT", "HTTP_SCENARIOS", "WS_SCENARIOS", "HttpScenario", "WsScenario", "words"]
 
 AGENT = "assistant"
-_VOCABULARY = (
-    "the quick brown fox jumps over lazy dogs while seven agents stream "
-    "tokens across sockets and servers measure every byte twice"
-).split()
+_VOCABULARY = [
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "seven", "agents",
+    "stream", "tokens", "across", "sockets", "and", "servers", "measure", "every", "byte", "twice",
+]  # fmt: skip
 
 
 def words(n: int) -> str:

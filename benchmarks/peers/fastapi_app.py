@@ -145,7 +145,7 @@ async def run_agent(
         history = list(store.messages.setdefault(session_id, [])) if session_id else []
         text: list[str] = []
         usage = Usage()
-        async for event in agent.stream(input, history + [Message(role="user", content=input)]):
+        async for event in agent.stream(input, [*history, Message(role="user", content=input)]):
             if isinstance(event, Usage):
                 usage = event
                 continue
