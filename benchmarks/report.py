@@ -86,18 +86,21 @@ def render(
                 f"| {scenario} | {target} | {_fmt_rate(m.rate)} {m.unit} | {ratio} "
                 f"| {m.p99:.1f} | {m.errors} |"
             )
-    if "bare_asgi" in targets and first != "bare_asgi":
+    peers = [t for t in targets[1:] if "+" not in t]  # not variants of the first target
+    if "bare_asgi" in peers:
         lines += [
             "",
             f"`{first}` against each peer (throughput ratio; > 1 means `{first}` is faster):",
             "",
-            "| scenario | " + " | ".join(f"{first} / {t}" for t in targets[1:]) + " |",
-            "|---|" + "---:|" * (len(targets) - 1),
+            "| scenario | " + " | ".join(f"{first} / {t}" for t in peers) + " |",
+            "|---|" + "---:|" * len(peers),
         ]
         for scenario in scenarios:
             base = by_key.get((scenario, first))
+            if base is None:
+                continue
             cells = []
-            for target in targets[1:]:
+            for target in peers:
                 m = by_key.get((scenario, target))
                 value = base.ratio_to(m) if base and m else None
                 cells.append(f"{value:.2f}" if value else "—")

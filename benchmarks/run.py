@@ -172,11 +172,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-words", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "last-run.md")
     parser.add_argument("--no-install", action="store_true", help="do not install missing tools")
+    parser.add_argument("--render", type=Path, help="only re-render the table of a saved .json run")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render:
+        raw = json.loads(args.render.read_text())
+        print(
+            render(
+                [Measurement(**m) for m in raw["measurements"]],
+                [IdleResult(**r) for r in raw["idle"]],
+                raw["targets"],
+                header=raw["header"],
+                skipped=raw["skipped"],
+            )
+        )
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers
     if not args.no_install:
         ensure_dependencies()
