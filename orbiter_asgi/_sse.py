@@ -1,15 +1,15 @@
 """Server-Sent Events: framing and the pump that drives one stream.
 
-The run is produced in its own task into a small buffer; the response side
-sends whatever is ready in one write (events that arrive together are
-coalesced), heartbeats an idle stream with a comment, and cancels the run
-when the client goes away (`http.disconnect`, or `OSError` from `send`
-under ASGI 2.4).
+The run is produced in its own task, which encodes each event into a small
+buffer and yields to the event loop only when the run itself waits or the
+buffer is full; the response side sends whatever is ready in one write
+(events that arrive together are coalesced), heartbeats a stream that stayed
+silent with a comment, and cancels the run when the client goes away
+(`http.disconnect`, or `OSError` from `send` under ASGI 2.4).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -45,12 +45,34 @@ def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
     return ErrorEvent(error=f"Agent {agent_name!r} failed: {type(exc).__name__}", code="agent_error")
 
 
-class _Ping:
-    pass
+class _Pending:
+    """Frames the producer has encoded and the writer has not sent yet.
 
+    The producer never yields to the event loop on its own account: it fills
+    `frames` until the run itself waits (a model call, a delay) or the batch
+    is full, so the writer wakes once per batch, not once per event.
+    """
 
-_PING = _Ping()
-_END = object()
+    __slots__ = ("finished", "frames", "space", "wake")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.finished = False
+        self.wake: anyio.Event | None = None  # set while the writer waits for frames
+        self.space: anyio.Event | None = None  # set while the producer waits for room
+
+    def push(self, data: bytes) -> None:
+        self.frames.append(data)
+        if self.wake is not None:
+            self.wake.set()
+            self.wake = None
+
+    def take(self) -> list[bytes]:
+        frames, self.frames = self.frames, []
+        if self.space is not None:
+            self.space.set()
+            self.space = None
+        return frames
 
 
 async def send_event_stream(
@@ -63,69 +85,61 @@ async def send_event_stream(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Respond with the events of `events()` as SSE, ending with `[DONE]`."""
-    sender, receiver = anyio.create_memory_object_stream[object](_BUFFER)
-    last_write = anyio.current_time()
+    pending = _Pending()
+    beats = bool(heartbeat) and not math.isinf(heartbeat)
 
     async def produce() -> None:
+        event_id = 0
         # aclosing: a cancelled run closes its generators (and the model's HTTP
         # request behind them) now, not whenever they are garbage-collected
         try:
             async with aclosing(events()) as stream:
                 async for event in stream:
-                    await sender.send(event)
+                    event_id += 1
+                    pending.push(frame(event_id, event))
+                    if len(pending.frames) >= _BUFFER:
+                        pending.space = space = anyio.Event()
+                        await space.wait()
         except Exception as exc:
-            await sender.send(error_event(exc, agent_name))
-        await sender.send(_END)
+            pending.push(frame(event_id + 1, error_event(exc, agent_name)))
+        pending.finished = True
+        pending.push(DONE)
 
     async def watch_disconnect() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         group.cancel_scope.cancel()
 
-    async def beat() -> None:
-        while True:
-            await anyio.sleep(heartbeat)
-            if anyio.current_time() - last_write >= heartbeat:
-                with contextlib.suppress(anyio.WouldBlock):
-                    sender.send_nowait(_PING)
-
     await send(
         {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}
     )
-    event_id = 0
     try:
-        with sender, receiver:
-            async with anyio.create_task_group() as group:
-                group.start_soon(watch_disconnect)
-                group.start_soon(produce)
-                if heartbeat and not math.isinf(heartbeat):
-                    group.start_soon(beat)
-                finished = False
-                while not finished:
-                    item = await receiver.receive()
-                    parts: list[bytes] = []
-                    while True:
-                        if item is _END:
-                            parts.append(DONE)
-                            finished = True
-                            break
-                        if item is _PING:
-                            parts.append(HEARTBEAT)
-                        else:
-                            event_id += 1
-                            parts.append(frame(event_id, item))  # type: ignore[arg-type]
-                        try:
-                            item = receiver.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": parts[0] if len(parts) == 1 else b"".join(parts),
-                            "more_body": not finished,
-                        }
-                    )
-                    last_write = anyio.current_time()
-                group.cancel_scope.cancel()
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect)
+            group.start_soon(produce)
+            while True:
+                if not pending.frames:
+                    pending.wake = wake = anyio.Event()
+                    if beats:
+                        with anyio.move_on_after(heartbeat):
+                            await wake.wait()
+                    else:
+                        await wake.wait()
+                    if not pending.frames:  # silent for `heartbeat` seconds
+                        pending.wake = None
+                        await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                        continue
+                finished = pending.finished
+                frames = pending.take()
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": frames[0] if len(frames) == 1 else b"".join(frames),
+                        "more_body": not finished,
+                    }
+                )
+                if finished:
+                    break
+            group.cancel_scope.cancel()
     except* OSError:
         pass  # the client went away mid-send; leaving the task group cancelled the run

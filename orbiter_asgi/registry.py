@@ -15,6 +15,7 @@ from typing import Any
 
 from .exceptions import AgentError, AgentNotFound
 from .models import Message, TextEvent, ToolCallEvent, ToolResultEvent, Usage
+from .runtime.agent import Agent
 from .runtime.loop import AgentEvent
 
 __all__ = ["AgentRegistry", "RegisteredAgent", "adapt_agent", "registered_agents"]
@@ -124,6 +125,12 @@ def adapt_agent(target: Any, name: str | None = None) -> RegisteredAgent:
         raise TypeError("An agent needs a name: pass one, or give the object a .name")
     stream_method = getattr(target, "stream", None)
     run_method = getattr(target, "run", None)
+    if type(target) is Agent:
+        # the built-in agent already yields the server's events: no per-event check
+        def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentEvent]:
+            return target.stream(input, messages=messages)
+
+        return RegisteredAgent(name, target, stream)
     if stream_method is not None and callable(stream_method):
         return RegisteredAgent(name, target, _from_generator(stream_method))
     if run_method is not None and inspect.iscoroutinefunction(run_method):

@@ -43,7 +43,11 @@ class EchoProvider:
             if delay:
                 await anyio.sleep(delay)
             yield TextEvent(chunk)
-        input_tokens = sum(len(split_words(m.content)) for m in request.messages)
+        # the prompt is already split: count it from `chunks`, not a second regex pass
+        input_tokens = sum(
+            len(chunks) if m.content is prompt else len(split_words(m.content))
+            for m in request.messages
+        )
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=len(chunks),

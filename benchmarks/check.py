@@ -1,0 +1,116 @@
+"""The correctness check run once per target before anything is timed.
+
+Every benchmarked route is called with httpx (and the `websockets` client for
+`/ws/chat`); answers are checked against the contract (the echo output is the
+input, SSE ids count up and the stream ends with `[DONE]`, each WebSocket
+turn ends with `done`) and then compared across targets, so a fast target
+that answers something else is caught.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from websockets.sync.client import connect
+
+from .scenarios import AGENT, chat_body, stream_path, words
+
+__all__ = ["CheckError", "answers", "compare"]
+
+
+class CheckError(AssertionError):
+    pass
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckError(message)
+
+
+def _sse(response: httpx.Response, input: str) -> list[Any]:
+    _expect(response.status_code == 200, f"SSE status {response.status_code}")
+    media = response.headers.get("content-type", "")
+    _expect(media.startswith("text/event-stream"), f"SSE content-type {media!r}")
+    _expect(response.headers.get("cache-control") == "no-cache", "SSE without Cache-Control: no-cache")
+    blocks = [b for b in response.text.split("\n\n") if b]
+    _expect(blocks[-1] == "data: [DONE]", "SSE stream does not end with data: [DONE]")
+    events: list[Any] = []
+    for expected_id, block in enumerate(blocks[:-1], start=1):
+        lines = block.split("\n")
+        _expect(lines[0] == f"id: {expected_id}", f"SSE event {expected_id} has {lines[0]!r}")
+        _expect(len(lines) == 2 and lines[1].startswith("data: "), f"SSE block {block!r}")
+        events.append(json.loads(lines[1][len("data: ") :]))
+    _expect(all(e["type"] == "text" for e in events[:-1]), "SSE events before done are not text")
+    _expect(events[-1]["type"] == "done", "SSE last event is not done")
+    _expect("".join(e["content"] for e in events[:-1]) == input, "SSE text is not the input")
+    _expect(events[-1]["output"] == input, "SSE done output is not the input")
+    return events
+
+
+def _ws_turns(url: str, inputs: list[str], session_id: str | None) -> list[list[Any]]:
+    turns: list[list[Any]] = []
+    with connect(url, open_timeout=10, close_timeout=5) as socket:
+        for input in inputs:
+            socket.send(json.dumps({"agent_name": AGENT, "input": input, "session_id": session_id}))
+            events: list[Any] = []
+            for _ in range(10_000):
+                event = json.loads(socket.recv(timeout=10))
+                events.append(event)
+                if event["type"] in ("done", "error"):
+                    break
+            _expect(events[-1]["type"] == "done", f"WS turn ended with {events[-1]}")
+            _expect("".join(e["content"] for e in events[:-1]) == input, "WS text is not the input")
+            turns.append(events)
+    return turns
+
+
+def answers(base_url: str, tag: str) -> dict[str, Any]:
+    """What one target answers to every benchmarked request, checked."""
+    result: dict[str, Any] = {}
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        input20 = words(20)
+        response = client.post("/chat", content=chat_body(20), headers={"content-type": "application/json"})
+        _expect(response.status_code == 200, f"/chat status {response.status_code}: {response.text}")
+        body = response.json()
+        _expect(body["output"] == input20, "/chat output is not the input")
+        _expect(body["usage"] == {"input_tokens": 20, "output_tokens": 20, "total_tokens": 40}, "usage")
+        result["chat_json"] = body
+
+        post = client.post(
+            "/chat", content=chat_body(100, stream=True), headers={"content-type": "application/json"}
+        )
+        result["chat_sse"] = _sse(post, words(100))
+        result["stream_get"] = _sse(client.get(stream_path(1000)), words(1000))
+
+        response = client.get("/agents")
+        _expect(response.status_code == 200, f"/agents status {response.status_code}")
+        result["agents"] = response.json()
+        _expect(result["agents"] == [{"name": AGENT, "model": "echo", "description": ""}], "/agents")
+
+        session_id = f"check-{tag}"
+        turns = []
+        for _ in range(2):
+            response = client.post(
+                "/chat",
+                content=chat_body(20, session_id=session_id),
+                headers={"content-type": "application/json"},
+            )
+            _expect(response.status_code == 200, f"/chat session status {response.status_code}")
+            turn = response.json()
+            _expect(turn["session_id"] == session_id, "/chat session_id not echoed")
+            turn["session_id"] = "<session>"
+            turns.append(turn)
+        # the second turn's input tokens count the first turn's history
+        _expect(turns[1]["usage"]["input_tokens"] == 60, f"session history not used: {turns[1]}")
+        result["chat_session"] = turns
+
+    ws_url = base_url.replace("http://", "ws://") + "/ws/chat"
+    result["ws"] = _ws_turns(ws_url, [words(100), words(3)], None)
+    return result
+
+
+def compare(reference_name: str, reference: dict[str, Any], name: str, other: dict[str, Any]) -> None:
+    for key, value in reference.items():
+        _expect(other.get(key) == value, f"{name} answers {key} unlike {reference_name}")

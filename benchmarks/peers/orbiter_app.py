@@ -1,0 +1,21 @@
+"""`orbiter_asgi` as a benchmark target: one `echo` agent named `assistant`.
+
+`BENCH_ECHO_DELAY` selects `echo?delay=...`; `BENCH_STORE` a store URL
+(default `memory://`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from orbiter_asgi import Agent, create_app
+
+__all__ = ["app"]
+
+_delay = os.environ.get("BENCH_ECHO_DELAY")
+_model = f"echo?delay={_delay}" if _delay else "echo"
+
+app = create_app(
+    agents=[Agent("assistant", model=_model)],
+    store=os.environ.get("BENCH_STORE") or "memory://",
+)

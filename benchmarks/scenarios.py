@@ -1,0 +1,89 @@
+"""The scenarios: what each sends, and the payloads, built once and shared.
+
+Inputs are made of a fixed vocabulary so every run sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+__all__ = ["AGENT", "HTTP_SCENARIOS", "WS_SCENARIOS", "HttpScenario", "WsScenario", "words"]
+
+AGENT = "assistant"
+_VOCABULARY = [
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "seven", "agents",
+    "stream", "tokens", "across", "sockets", "and", "servers", "measure", "every", "byte", "twice",
+]  # fmt: skip
+
+
+def words(n: int) -> str:
+    """`n` words separated by single spaces."""
+    return " ".join(_VOCABULARY[i % len(_VOCABULARY)] for i in range(n))
+
+
+def chat_body(n: int, *, stream: bool = False, session_id: str | None = None) -> bytes:
+    body: dict[str, object] = {"agent_name": AGENT, "input": words(n)}
+    if stream:
+        body["stream"] = True
+    if session_id is not None:
+        body["session_id"] = session_id
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def stream_path(n: int) -> str:
+    return "/stream?" + urlencode({"agent_name": AGENT, "input": words(n)})
+
+
+@dataclass(frozen=True)
+class HttpScenario:
+    """A request replayed by wrk; `session` makes every 4 requests share a session."""
+
+    name: str
+    method: str
+    path: str
+    body: bytes = b""
+    session: bool = False
+    store: str = "memory"  # only for session scenarios
+    connections: int = 64
+    note: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WsScenario:
+    name: str
+    connections: int
+    words: int = 100
+
+
+HTTP_SCENARIOS = [
+    HttpScenario("chat_json", "POST", "/chat", chat_body(20), note="POST /chat, 20 words"),
+    HttpScenario(
+        "chat_sse", "POST", "/chat", chat_body(100, stream=True), note="POST /chat stream, 100 words"
+    ),
+    HttpScenario(
+        "stream_get", "GET", stream_path(1000), connections=32, note="GET /stream, 1,000 words"
+    ),
+    HttpScenario("agents", "GET", "/agents", note="GET /agents"),
+    HttpScenario(
+        "chat_session",
+        "POST",
+        "/chat",
+        chat_body(20, session_id="SESSION"),
+        session=True,
+        note="POST /chat, 20 words, 4 turns per session, memory store",
+    ),
+    HttpScenario(
+        "chat_session_sqlite",
+        "POST",
+        "/chat",
+        chat_body(20, session_id="SESSION"),
+        session=True,
+        store="sqlite",
+        note="as chat_session, SQLite store",
+    ),
+]
+
+WS_SCENARIOS = [WsScenario("ws_1", 1), WsScenario("ws_32", 32)]
