@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 from starlette.types import Receive, Send
@@ -55,20 +56,25 @@ _END = object()
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    events: Callable[[], AsyncIterator[Event]],
+    events: Callable[[], AbstractAsyncContextManager[AsyncIterator[Event]]],
     *,
     agent_name: str,
     heartbeat: float = 15.0,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Respond with the events of `events()` as SSE, ending with `[DONE]`."""
+    """Respond with the events of `events()` as SSE, ending with `[DONE]`.
+
+    `events()` (e.g. `Run.guarded`) is entered in the producer task, which
+    also closes it, cancelled or not.
+    """
     sender, receiver = anyio.create_memory_object_stream[object](_BUFFER)
     last_write = anyio.current_time()
 
     async def produce() -> None:
         try:
-            async for event in events():
-                await sender.send(event)
+            async with events() as stream:
+                async for event in stream:
+                    await sender.send(event)
         except Exception as exc:
             await sender.send(error_event(exc, agent_name))
         await sender.send(_END)
