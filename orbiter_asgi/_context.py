@@ -33,7 +33,8 @@ __all__ = [
 
 SCOPE_KEY = "orbiter"
 
-DEFAULT_SESSION_ID_PATTERN = r"[A-Za-z0-9._:\-]+"
+# letters, digits and `._:-`, but not only dots (`.` and `..` are not addressable in a URL)
+DEFAULT_SESSION_ID_PATTERN = r"(?!\.+$)[A-Za-z0-9._:\-]+"
 
 
 class Limits:

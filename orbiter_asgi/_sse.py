@@ -35,8 +35,18 @@ _BUFFER = 64
 
 
 def frame(event_id: int, event: Event) -> bytes:
-    # msgspec escapes newlines inside strings, so one `data:` line is always enough
-    return b"id: %d\ndata: %b\n\n" % (event_id, encode(event))
+    # msgspec escapes CR and LF inside strings, so one `data:` line is always
+    # enough for an SSE parser; U+0085, U+2028 and U+2029 it leaves raw, and
+    # line readers that split like str.splitlines (httpx's `aiter_lines`, as in
+    # the guide's client) would cut the line there, so those are escaped too.
+    payload = encode(event)
+    if b"\xe2\x80" in payload or b"\xc2\x85" in payload:
+        payload = (
+            payload.replace(b"\xe2\x80\xa8", b"\\u2028")
+            .replace(b"\xe2\x80\xa9", b"\\u2029")
+            .replace(b"\xc2\x85", b"\\u0085")
+        )
+    return b"id: %d\ndata: %b\n\n" % (event_id, payload)
 
 
 def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
