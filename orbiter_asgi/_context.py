@@ -34,7 +34,7 @@ __all__ = [
 SCOPE_KEY = "orbiter"
 
 # letters, digits and `._:-`, but not only dots (`.` and `..` are not addressable in a URL)
-DEFAULT_SESSION_ID_PATTERN = r"(?!\.+$)[A-Za-z0-9._:\-]+"
+DEFAULT_SESSION_ID_PATTERN = r"[A-Za-z0-9._:\-]*[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*"
 
 
 class Limits:

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ._codec import Decoder, encode
@@ -29,6 +29,7 @@ from ._guard import drain_on_signals
 from ._http import DEFAULT_MAX_BODY, Endpoint, error_body, read_json, send_json
 from ._middleware import HTTPFunctionMiddleware
 from ._openapi import openapi_document
+from ._openapi_limits import document_limits
 from ._sse import send_event_stream
 from ._version import __version__
 from .agents import agent_router
@@ -116,8 +117,21 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     body = encode(ErrorDetail(str(exc.detail)))
-    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+    return Response(body, exc.status_code, headers, media_type="application/json")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers: Starlette names only those of the first
+    route that matched the path, and one path has a route per method here."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is Match.PARTIAL:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _orbiter_exception(request: Request, exc: Exception) -> Response:
@@ -212,7 +226,7 @@ class OrbiterApp(Starlette):
     def openapi(self) -> bytes:
         if self._openapi is None:
             document = openapi_document(self.operations, title=self.title, version=self.version)
-            _document_limits(document, self.context.limits)
+            document_limits(document, self.context.limits)
             if self.secured:
                 secure_openapi(document)
             self._openapi = encode(document)
@@ -278,17 +292,6 @@ class OrbiterApp(Starlette):
             return func
 
         return decorator
-
-
-def _document_limits(document: dict[str, Any], limits: Limits) -> None:
-    """Write this app's limits into the parameters that have them."""
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
-            for parameter in operation.get("parameters", ()):
-                if parameter["in"] == "query" and parameter["name"] == "limit":
-                    parameter["schema"].update(minimum=1, maximum=limits.max_page_size)
-                elif parameter["in"] == "query" and parameter["name"] == "input":
-                    parameter["schema"]["maxLength"] = limits.max_input_length
 
 
 class _OpenAPIEndpoint:

@@ -106,9 +106,11 @@ class FlakyStore(MemoryStore):
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
         roles = {m.role for m in messages}
-        if self.fail_on == "any" or (
-            self.fail_on == "user" and roles == {"user"}
-        ) or (self.fail_on == "assistant" and "user" not in roles):
+        if (
+            self.fail_on == "any"
+            or (self.fail_on == "user" and roles == {"user"})
+            or (self.fail_on == "assistant" and "user" not in roles)
+        ):
             raise StoreError("The session store is unavailable")
         return await super().append(session_id, messages)
 

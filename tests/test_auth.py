@@ -133,7 +133,9 @@ async def test_cors_allow_list_and_preflight_without_a_key() -> None:
     }
     async with client_for(app) as client:
         preflight = await client.options("/chat", headers=preflight_headers)
-        foreign = await client.options("/chat", headers={**preflight_headers, "Origin": "https://evil.example"})
+        foreign = await client.options(
+            "/chat", headers={**preflight_headers, "Origin": "https://evil.example"}
+        )
         denied = await client.get("/agents", headers={"Origin": "https://app.example"})
         allowed = await client.get("/agents", headers={"Origin": "https://app.example", "X-API-Key": KEY})
         other = await client.get("/agents", headers={"Origin": "https://evil.example", "X-API-Key": KEY})
@@ -143,7 +145,10 @@ async def test_cors_allow_list_and_preflight_without_a_key() -> None:
     assert foreign.status_code == 400 and "access-control-allow-origin" not in foreign.headers
     assert denied.status_code == 401  # the browser may read the 401: CORS wraps auth
     assert denied.headers["access-control-allow-origin"] == "https://app.example"
-    assert allowed.status_code == 200 and "x-next-cursor" in allowed.headers["access-control-expose-headers"].lower()
+    assert (
+        allowed.status_code == 200
+        and "x-next-cursor" in allowed.headers["access-control-expose-headers"].lower()
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -178,7 +183,9 @@ def test_real_server_with_api_key_flag() -> None:
     target = str(Path(__file__).parent / "apps" / "slow_agents.py") + ":agents"
     with running_server([target, "--store", "memory://", "--api-key", KEY]) as url:
         unauthorized = httpx.post(f"{url}/chat", json={"input": "x"})
-        authorized = httpx.post(f"{url}/chat", json={"input": "x"}, headers={"Authorization": f"Bearer {KEY}"})
+        authorized = httpx.post(
+            f"{url}/chat", json={"input": "x"}, headers={"Authorization": f"Bearer {KEY}"}
+        )
         ws_url = url.replace("http", "ws", 1) + "/ws/chat"
         with pytest.raises(InvalidStatus) as refused:
             connect(ws_url).close()

@@ -112,7 +112,11 @@ async def test_store_failing_after_the_turn(app: Any, store: FlakyStore) -> None
     assert failed.json() == {"detail": "The session store is unavailable"}
     events = sse_events(streamed.text)
     assert events[0] == {"type": "text", "content": "two"}
-    assert events[-2] == {"type": "error", "error": "The session store is unavailable", "code": "store_unavailable"}
+    assert events[-2] == {
+        "type": "error",
+        "error": "The session store is unavailable",
+        "code": "store_unavailable",
+    }
     assert not any(isinstance(e, dict) and e["type"] == "done" for e in events)  # not reported as done
     assert recovered.json()["output"] == "three"
     # the unanswered questions stay, with no answer claimed for them
@@ -125,10 +129,18 @@ async def test_store_failing_after_the_turn(app: Any, store: FlakyStore) -> None
     assert _consistent(history)
 
 
-def test_faults_over_websocket_keep_the_socket_usable(app: Any, provider: FaultyProvider, store: FlakyStore) -> None:
+def test_faults_over_websocket_keep_the_socket_usable(
+    app: Any, provider: FaultyProvider, store: FlakyStore
+) -> None:
     outcomes: list[str] = []
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
-        for mode, fail_on in [("stall", None), ("error_mid", None), ("garbage", None), ("ok", "any"), ("ok", None)]:
+        for mode, fail_on in [
+            ("stall", None),
+            ("error_mid", None),
+            ("garbage", None),
+            ("ok", "any"),
+            ("ok", None),
+        ]:
             provider.mode, store.fail_on = mode, fail_on
             ws.send_json({"input": mode, "session_id": "ws"})
             while (event := ws.receive_json())["type"] not in ("done", "error"):

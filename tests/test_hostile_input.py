@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
 from tests.fakes import call, http_scope, texts
-from tests.helpers import client_for, sse_events
+from tests.helpers import sse_events
 from tests.servers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -51,8 +51,14 @@ def _assert_client_error(response: Any, *statuses: int) -> None:
 
 
 async def test_invalid_utf8(app: Any) -> None:
-    for path, field in (("/chat", b"input"), ("/sessions", b"agent_name"), ("/sessions/s/messages", b"content")):
-        _assert_client_error(await _post(app, path, b'{"role": "user", "' + field + b'": "\xff\xfe\xfa"}'), 400, 422)
+    for path, field in (
+        ("/chat", b"input"),
+        ("/sessions", b"agent_name"),
+        ("/sessions/s/messages", b"content"),
+    ):
+        _assert_client_error(
+            await _post(app, path, b'{"role": "user", "' + field + b'": "\xff\xfe\xfa"}'), 400, 422
+        )
         _assert_client_error(await _post(app, path, b'{"' + field + b'": "\xff\xfe\xfa"}'), 400)
     _assert_client_error(await _post(app, "/chat", b"\xc3\x28"), 400)
 
@@ -84,14 +90,18 @@ async def test_deeply_nested_json(app: Any, client: httpx.AsyncClient) -> None:
 async def test_huge_numbers(app: Any, client: httpx.AsyncClient) -> None:
     for number in (b"1e400", b"-1e400", b"1" + b"0" * 5000, b"NaN", b"Infinity"):
         _assert_client_error(await _post(app, "/sessions", b'{"metadata": {"n": ' + number + b"}}"), 400, 422)
-        _assert_client_error(await _post(app, "/chat", b'{"input": "x", "stream": ' + number + b"}"), 400, 422)
+        _assert_client_error(
+            await _post(app, "/chat", b'{"input": "x", "stream": ' + number + b"}"), 400, 422
+        )
     big = await _post(app, "/sessions", b'{"id": "big", "metadata": {"n": 123456789012345678901234567890}}')
     assert big.status == 201
     assert (await client.get("/sessions/big")).json()["metadata"] == {"n": 123456789012345678901234567890}
     _assert_client_error(await client.get("/sessions", params={"limit": "9" * 400}), 422)
 
 
-async def test_duplicate_keys_take_the_last_value_like_json_loads(app: Any, client: httpx.AsyncClient) -> None:
+async def test_duplicate_keys_take_the_last_value_like_json_loads(
+    app: Any, client: httpx.AsyncClient
+) -> None:
     body = b'{"input": "first", "input": "second", "session_id": "dup", "session_id": "dup"}'
     response = await _post(app, "/chat", body)
     assert response.status == 200 and response.json()["output"] == json.loads(body)["input"]
@@ -101,7 +111,12 @@ async def test_duplicate_keys_take_the_last_value_like_json_loads(app: Any, clie
 
 @pytest.mark.parametrize(
     "content_type",
-    [b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"application/xml"],
+    [
+        b"text/plain",
+        b"application/x-www-form-urlencoded",
+        b"multipart/form-data; boundary=x",
+        b"application/xml",
+    ],
 )
 async def test_wrong_content_types(app: Any, content_type: bytes) -> None:
     for path in ("/chat", "/sessions/s", "/sessions/s/messages"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -113,7 +114,7 @@ async def _turn(url: str, client: httpx.AsyncClient, rng: random.Random, n: int)
     params = {"input": "go", "session_id": session}
     if kind.startswith("ws"):
         async with connect(url.replace("http", "ws", 1) + "/ws/chat") as ws:
-            await ws.send('{"input": "go", "session_id": "%s"}' % session)
+            await ws.send(json.dumps({"input": "go", "session_id": session}))
             cut = rng.randint(1, 15) if kind == "ws_cut" else 10_000
             for _ in range(min(cut, 30)):
                 if '"done"' in str(await ws.recv()):

@@ -60,7 +60,11 @@ async def test_input_too_long_is_a_422_everywhere() -> None:
     assert chat.status_code == streamed.status_code == 422
     assert chat.json() == {
         "detail": [
-            {"loc": ["body", "input"], "msg": "String should have at most 10 characters", "type": "string_too_long"}
+            {
+                "loc": ["body", "input"],
+                "msg": "String should have at most 10 characters",
+                "type": "string_too_long",
+            }
         ]
     }
     assert query.status_code == 422 and query.json()["detail"][0]["loc"] == ["query", "input"]
@@ -102,9 +106,7 @@ async def test_default_session_id_rules(session_id: str, client: httpx.AsyncClie
 
 
 async def test_session_id_length_and_pattern_are_configurable() -> None:
-    app = create_app(
-        agents=[Agent("assistant")], max_session_id_length=8, session_id_pattern=r"[a-f0-9]+"
-    )
+    app = create_app(agents=[Agent("assistant")], max_session_id_length=8, session_id_pattern=r"[a-f0-9]+")
     async with client_for(app) as client:
         ok = await client.post("/chat", json={"input": "hi", "session_id": "abc123"})
         too_long = await client.post("/chat", json={"input": "hi", "session_id": "abcdef123"})
@@ -194,17 +196,20 @@ async def test_runs_past_the_concurrency_limit_get_503_with_retry_after() -> Non
 def test_websocket_turn_past_the_concurrency_limit_is_an_error_event() -> None:
     gate = Gate()
     app = create_app(agents=[gate], max_concurrent_runs=1)
-    with TestClient(app) as client:
-        with client.websocket_connect("/ws/chat") as first, client.websocket_connect("/ws/chat") as second:
-            first.send_json({"input": "hold"})
-            assert first.receive_json() == {"type": "text", "content": "start "}
-            second.send_json({"input": "refused"})
-            assert second.receive_json()["code"] == "overloaded"
-            client.portal.call(gate.open)  # type: ignore[union-attr]
-            assert first.receive_json()["content"] == "end"
-            assert first.receive_json()["type"] == "done"
-            second.send_json({"input": "again"})
-            events = [second.receive_json() for _ in range(3)]
+    with (
+        TestClient(app) as client,
+        client.websocket_connect("/ws/chat") as first,
+        client.websocket_connect("/ws/chat") as second,
+    ):
+        first.send_json({"input": "hold"})
+        assert first.receive_json() == {"type": "text", "content": "start "}
+        second.send_json({"input": "refused"})
+        assert second.receive_json()["code"] == "overloaded"
+        client.portal.call(gate.open)  # type: ignore[union-attr]
+        assert first.receive_json()["content"] == "end"
+        assert first.receive_json()["type"] == "done"
+        second.send_json({"input": "again"})
+        events = [second.receive_json() for _ in range(3)]
     assert [e["type"] for e in events] == ["text", "text", "done"]
 
 
@@ -222,7 +227,11 @@ async def test_run_timeout_is_504_for_json_and_an_event_for_sse() -> None:
     assert chat.json() == {"detail": "The run took longer than its 0.2 s limit"}
     events = sse_events(sse.text)
     assert events[0] == {"type": "text", "content": "start "}
-    assert events[-2] == {"type": "error", "error": "The run took longer than its 0.2 s limit", "code": "timeout"}
+    assert events[-2] == {
+        "type": "error",
+        "error": "The run took longer than its 0.2 s limit",
+        "code": "timeout",
+    }
     assert events[-1] == "[DONE]"
     assert len(gate.ended_by) == 2 and set(gate.ended_by) <= {"CancelledError", "GeneratorExit"}
     assert [(m["role"], m["content"]) for m in history] == [

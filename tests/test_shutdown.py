@@ -37,8 +37,19 @@ GRACE = 1.5
 def server_process(journal: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     command = [
-        sys.executable, "-m", "orbiter_asgi", "serve", TARGET, "--port", str(port),
-        "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", *args,
+        sys.executable,
+        "-m",
+        "orbiter_asgi",
+        "serve",
+        TARGET,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *args,
     ]
     env = {**os.environ, "ORBITER_TEST_JOURNAL": str(journal)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -114,7 +125,10 @@ def test_sigterm_lets_short_turns_finish_and_ends_long_ones(server: str, tmp_pat
                 _sse, url, {"agent_name": "quick", "input": quick_input, "session_id": "quick"}, started[0]
             )
             endless: Future[list[Any]] = pool.submit(
-                _sse, url, {"agent_name": "endless", "input": endless_input, "session_id": "endless"}, started[1]
+                _sse,
+                url,
+                {"agent_name": "endless", "input": endless_input, "session_id": "endless"},
+                started[1],
             )
             socket: Future[tuple[list[Any], int | None]] = pool.submit(
                 _ws, url, {"agent_name": "endless", "input": endless_input, "session_id": "ws"}, started[2]

@@ -22,7 +22,9 @@ class JournalStore(MemoryStore):
         stored = await super().append(session_id, messages)
         with open(self.path, "a", encoding="utf-8") as journal:
             for message in stored:
-                journal.write(json.dumps({"session": session_id, "role": message.role, "content": message.content}))
+                journal.write(
+                    json.dumps({"session": session_id, "role": message.role, "content": message.content})
+                )
                 journal.write("\n")
         return stored
 
