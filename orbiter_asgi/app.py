@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -78,14 +79,23 @@ class ChatEndpoint(Endpoint):
             )
             return
         done: DoneEvent | None = None
-        try:
-            async with run.guarded() as events:
-                async for event in events:
-                    if type(event) is DoneEvent:
-                        done = event
-        except Exception as exc:
-            raise as_agent_error(exc, run.agent.name) from exc
-        assert done is not None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            # The body is read: what `receive` says next is that the client left.
+            # Then the run, and the model call behind it, are cancelled.
+            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            try:
+                async with run.guarded() as events:
+                    async for event in events:
+                        if type(event) is DoneEvent:
+                            done = event
+            except Exception as exc:
+                failure = exc
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise as_agent_error(failure, run.agent.name) from failure
+        if done is None:
+            return  # the client is gone; nobody to answer
         response = ChatResponse(
             output=done.output,
             agent_name=done.agent_name,
@@ -94,6 +104,12 @@ class ChatEndpoint(Endpoint):
             usage=done.usage,
         )
         await send_json(send, encode(response))
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 chat_router = Router(

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.fakes import FaultyProvider, FlakyStore, texts
+from tests.fakes import FaultyProvider, FlakyStore, http_scope, texts
 from tests.helpers import client_for, sse_events
 
 pytestmark = pytest.mark.anyio
