@@ -154,3 +154,30 @@ def test_faults_over_websocket_keep_the_socket_usable(
         {**history[-2], "role": "user", "content": "ok"},
         {**history[-1], "role": "assistant", "content": "ok"},
     ]
+
+
+async def test_a_client_leaving_a_json_chat_cancels_the_model_call(provider: FaultyProvider) -> None:
+    app = create_app(agents=[Agent("faulty", model="fake:model", provider=provider)])
+    provider.mode = "stall"
+    sent: list[dict[str, Any]] = []
+    body = b'{"input": "x", "session_id": "gone"}'
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        while provider.calls == 0:  # the client leaves once the model is called
+            await anyio.sleep(0.005)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await app(http_scope("POST", "/chat"), receive, send)
+    assert provider.cancelled == 1
+    assert sent == []  # nothing is sent to a client that left
+    assert [m.role for m in await app.store.messages("gone")] == ["user", "assistant"]
+    assert app.context.guard.active == 0
