@@ -56,6 +56,7 @@ class HTTPFunctionMiddleware:
             return
         request = Request(scope, receive)
         streamed: list[_StreamedResponse] = []
+        failure: list[BaseException] = []
 
         async with anyio.create_task_group() as group:
 
@@ -72,7 +73,6 @@ class HTTPFunctionMiddleware:
                 body_send, body_receive = anyio.create_memory_object_stream[Message](0)
                 started = anyio.Event()
                 start: list[Message] = []
-                failure: list[BaseException] = []
 
                 async def app_send(message: Message) -> None:
                     if message["type"] == "http.response.start":
@@ -104,3 +104,5 @@ class HTTPFunctionMiddleware:
             await response(scope, receive, send)
             if not any(r is response and r.finished for r in streamed):
                 group.cancel_scope.cancel()  # the downstream response was dropped
+        if failure and streamed:
+            raise failure[0]  # the app failed after its response had started

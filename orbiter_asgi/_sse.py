@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 
 import anyio
@@ -66,7 +66,7 @@ _END = object()
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    events: Callable[[], AbstractAsyncContextManager[AsyncIterator[Event]]],
+    events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[Event, None]]],
     *,
     agent_name: str,
     heartbeat: float = 15.0,
@@ -81,6 +81,8 @@ async def send_event_stream(
     last_write = anyio.current_time()
 
     async def produce() -> None:
+        # entered here, so a cancelled run closes its generators (and the model's
+        # HTTP request behind them) in this task, now, not when garbage-collected
         try:
             async with events() as stream:
                 async for event in stream:
@@ -106,40 +108,38 @@ async def send_event_stream(
     )
     event_id = 0
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch_disconnect)
-            group.start_soon(produce)
-            if heartbeat and not math.isinf(heartbeat):
-                group.start_soon(beat)
-            finished = False
-            while not finished:
-                item = await receiver.receive()
-                parts: list[bytes] = []
-                while True:
-                    if item is _END:
-                        parts.append(DONE)
-                        finished = True
-                        break
-                    if item is _PING:
-                        parts.append(HEARTBEAT)
-                    else:
-                        event_id += 1
-                        parts.append(frame(event_id, item))  # type: ignore[arg-type]
-                    try:
-                        item = receiver.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": parts[0] if len(parts) == 1 else b"".join(parts),
-                        "more_body": not finished,
-                    }
-                )
-                last_write = anyio.current_time()
-            group.cancel_scope.cancel()
+        with sender, receiver:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch_disconnect)
+                group.start_soon(produce)
+                if heartbeat and not math.isinf(heartbeat):
+                    group.start_soon(beat)
+                finished = False
+                while not finished:
+                    item = await receiver.receive()
+                    parts: list[bytes] = []
+                    while True:
+                        if item is _END:
+                            parts.append(DONE)
+                            finished = True
+                            break
+                        if item is _PING:
+                            parts.append(HEARTBEAT)
+                        else:
+                            event_id += 1
+                            parts.append(frame(event_id, item))  # type: ignore[arg-type]
+                        try:
+                            item = receiver.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": parts[0] if len(parts) == 1 else b"".join(parts),
+                            "more_body": not finished,
+                        }
+                    )
+                    last_write = anyio.current_time()
+                group.cancel_scope.cancel()
     except* OSError:
         pass  # the client went away mid-send; leaving the task group cancelled the run
-    finally:
-        sender.close()
-        receiver.close()

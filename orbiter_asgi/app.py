@@ -38,7 +38,7 @@ from .exceptions import OrbiterError
 from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
-from .routing import Operation, Router
+from .routing import MethodDecorators, Operation, Router
 from .runs import as_agent_error, start_run
 from .security import DEFAULT_PUBLIC_PATHS, keys_from_env, secure_openapi, security_middleware
 from .sessions import session_router
@@ -79,23 +79,28 @@ class ChatEndpoint(Endpoint):
             )
             return
         done: DoneEvent | None = None
-        failure: Exception | None = None
+
+        async def watch_disconnect() -> None:
+            # the body is read; the next message is the client leaving: cancel the run
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        error: OrbiterError | None = None
         async with anyio.create_task_group() as group:
-            # The body is read: what `receive` says next is that the client left.
-            # Then the run, and the model call behind it, are cancelled.
-            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            group.start_soon(watch_disconnect)
             try:
                 async with run.guarded() as events:
                     async for event in events:
                         if type(event) is DoneEvent:
                             done = event
-            except Exception as exc:
-                failure = exc
+            except Exception as exc:  # raised outside the task group, not as a group
+                error = as_agent_error(exc, run.agent.name)
             group.cancel_scope.cancel()
-        if failure is not None:
-            raise as_agent_error(failure, run.agent.name) from failure
+        if error is not None:
+            raise error
         if done is None:
-            return  # the client is gone; nobody to answer
+            return  # the client went away; nobody is left to answer
         response = ChatResponse(
             output=done.output,
             agent_name=done.agent_name,
@@ -104,12 +109,6 @@ class ChatEndpoint(Endpoint):
             usage=done.usage,
         )
         await send_json(send, encode(response))
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 chat_router = Router(
@@ -159,7 +158,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return Response(encode(ErrorDetail("Internal Server Error")), 500, media_type="application/json")
 
 
-class OrbiterApp(Starlette):
+class OrbiterApp(MethodDecorators, Starlette):
     """A Starlette app serving agents, with FastAPI-style decorators.
 
     Build it with `create_app()`. Besides everything `Starlette` offers:
@@ -267,21 +266,6 @@ class OrbiterApp(Starlette):
             return func
 
         return decorator
-
-    def get(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["GET"], **options)
-
-    def post(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["POST"], **options)
-
-    def put(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PUT"], **options)
-
-    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PATCH"], **options)
-
-    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["DELETE"], **options)
 
     def websocket(self, path: str) -> Callable[[F], F]:
         def decorator(func: F) -> F:

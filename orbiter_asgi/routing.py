@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 from ._codec import Decoder, RequestValidationError, encode
 from .models import ValidationErrorItem
 
-__all__ = ["Operation", "Router"]
+__all__ = ["MethodDecorators", "Operation", "Router"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -148,7 +148,31 @@ def prefixed(route: BaseRoute, prefix: str) -> BaseRoute:
     raise TypeError(f"Cannot prefix {route!r}; mount it instead")
 
 
-class Router:
+class MethodDecorators:
+    """`.get/.post/.put/.patch/.delete(path)`, all built on `api_route`."""
+
+    def api_route(
+        self, path: str, *, methods: Sequence[str], status_code: int = 200, summary: str | None = None
+    ) -> Callable[[F], F]:
+        raise NotImplementedError
+
+    def get(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["GET"], **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["POST"], **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["PUT"], **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["PATCH"], **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
+        return self.api_route(path, methods=["DELETE"], **options)
+
+
+class Router(MethodDecorators):
     """A list of routes with their OpenAPI operations, like FastAPI's `APIRouter`.
 
     ```python
@@ -223,21 +247,6 @@ class Router:
             return func
 
         return decorator
-
-    def get(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["GET"], **options)
-
-    def post(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["POST"], **options)
-
-    def put(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PUT"], **options)
-
-    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["PATCH"], **options)
-
-    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
-        return self.api_route(path, methods=["DELETE"], **options)
 
     def websocket(self, path: str) -> Callable[[F], F]:
         def decorator(func: F) -> F:

@@ -16,7 +16,7 @@ lock released where they were taken.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -93,7 +93,7 @@ class Run:
         self.id = uuid.uuid4().hex
 
     @asynccontextmanager
-    async def guarded(self) -> AsyncIterator[AsyncIterator[Event]]:
+    async def guarded(self) -> AsyncIterator[AsyncGenerator[Event, None]]:
         """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
         `ShuttingDown` are raised on leaving when they cut the turn."""
         with self.context.guard.running():
@@ -101,9 +101,9 @@ class Run:
             try:
                 yield events
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
         if self.session_id is None:
             async for event in self._run([]):
@@ -117,7 +117,7 @@ class Run:
             async for event in self._run(history):
                 yield event
 
-    async def _run(self, history: list[Message]) -> AsyncIterator[Event]:
+    async def _run(self, history: list[Message]) -> AsyncGenerator[Event, None]:
         agent = self.agent
         transcript = _Transcript()
         usage = Usage()

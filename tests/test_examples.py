@@ -30,11 +30,16 @@ def server() -> Iterator[str]:
 
 
 @pytest.mark.anyio
-async def test_basic_usage_serves_the_openai_agent() -> None:
+async def test_basic_usage_serves_the_openai_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     app = run_example("basic_usage.py")["app"]
     async with client_for(app) as client:
         agents = (await client.get("/agents")).json()
+        chat = await client.post("/chat", json={"input": "What is Python?"})
     assert agents == [{"name": "assistant", "model": "openai:gpt-4o", "description": ""}]
+    assert chat.status_code == 502  # no key here: a clear error, never a request without one
+    assert "OPENAI_API_KEY" in chat.json()["detail"]
 
 
 @pytest.mark.anyio

@@ -11,8 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.fakes import FaultyProvider, FlakyStore, http_scope, texts
 from tests.helpers import client_for, sse_events
+from tests.misbehaving import FaultyProvider, FlakyStore, http_scope, texts
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,9 @@
 A provider is to the run loop what an httpx transport is to a client: it
 turns one `ModelRequest` into an async stream of `TextEvent` deltas, complete
 `ToolCallEvent`s (arguments already assembled and parsed) and one `Usage` at
-the end of the call. It owns its HTTP connection pool and closes it in
+the end of the call. A tool call whose arguments are not a JSON object comes
+as an `InvalidToolCall`, so the loop can answer the model with an error
+result instead of failing the run. It owns its HTTP connection pool and closes it in
 `aclose()`.
 """
 
@@ -16,7 +18,7 @@ import msgspec
 
 from ..models import Message, TextEvent, ToolCallEvent, Usage
 
-__all__ = ["ModelEvent", "ModelRequest", "Provider", "ToolSpec"]
+__all__ = ["InvalidToolCall", "ModelEvent", "ModelRequest", "Provider", "ToolSpec"]
 
 
 class ToolSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -40,7 +42,16 @@ class ModelRequest(msgspec.Struct, kw_only=True):
     max_tokens: int | None = None
 
 
-ModelEvent = TextEvent | ToolCallEvent | Usage
+class InvalidToolCall(msgspec.Struct, kw_only=True, frozen=True):
+    """A tool call whose arguments did not parse; `error` says why."""
+
+    id: str
+    name: str
+    raw_arguments: str
+    error: str
+
+
+ModelEvent = TextEvent | ToolCallEvent | InvalidToolCall | Usage
 
 
 @runtime_checkable

@@ -1,7 +1,12 @@
 """The tool-calling run loop: model call, tools, results fed back, repeat.
 
 It yields the contract's events as they happen, plus one `Usage` per model
-call (a step); the caller sums usage and counts steps.
+call (a step); the caller sums usage and counts steps. The provider's stream
+is closed explicitly when the run stops early, so a cancelled
+run closes the upstream HTTP request at once instead of when the garbage
+collector gets to it. A tool's failure, unknown tool or unparsable arguments
+go back to the model as an `is_error` result; only provider failures and the
+step limit end the run with an error.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import msgspec
 
 from ..exceptions import MaxStepsExceeded
 from ..models import Message, TextEvent, ToolCall, ToolCallEvent, ToolResultEvent, Usage
-from ..providers.base import ModelRequest
+from ..providers.base import InvalidToolCall, ModelRequest
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -33,7 +38,17 @@ def _tool_output(value: Any) -> str:
     return _encode(value).decode()
 
 
-async def _call_tool(tools: dict[str, Tool], call: ToolCallEvent) -> ToolResultEvent:
+async def _call_tool(
+    tools: dict[str, Tool], call: ToolCallEvent, invalid: InvalidToolCall | None
+) -> ToolResultEvent:
+    if invalid is not None:
+        return ToolResultEvent(
+            id=call.id,
+            name=call.name,
+            content=f"Invalid arguments for {call.name}: {invalid.error}. "
+            "Call the tool again with a JSON object.",
+            is_error=True,
+        )
     tool = tools.get(call.name)
     if tool is None:
         return ToolResultEvent(
@@ -49,14 +64,16 @@ async def _call_tool(tools: dict[str, Tool], call: ToolCallEvent) -> ToolResultE
 
 
 async def _call_tools(
-    tools: dict[str, Tool], calls: Sequence[ToolCallEvent]
+    tools: dict[str, Tool],
+    calls: Sequence[ToolCallEvent],
+    invalid: dict[str, InvalidToolCall],
 ) -> list[ToolResultEvent]:
     if len(calls) == 1:
-        return [await _call_tool(tools, calls[0])]
+        return [await _call_tool(tools, calls[0], invalid.get(calls[0].id))]
     results: list[ToolResultEvent | None] = [None] * len(calls)
 
     async def call_one(index: int, call: ToolCallEvent) -> None:
-        results[index] = await _call_tool(tools, call)
+        results[index] = await _call_tool(tools, call, invalid.get(call.id))
 
     async with anyio.create_task_group() as group:
         for index, call in enumerate(calls):
@@ -83,12 +100,29 @@ async def run_loop(
         )
         text: list[str] = []
         calls: list[ToolCallEvent] = []
-        async for event in provider.stream(request):
-            if type(event) is TextEvent:
-                text.append(event.content)
-            elif type(event) is ToolCallEvent:
-                calls.append(event)
-            yield event
+        invalid: dict[str, InvalidToolCall] = {}
+        events = provider.stream(request)
+        try:
+            async for event in events:
+                # exact type checks: the hot path of every streamed token
+                if type(event) is TextEvent:
+                    text.append(event.content)
+                    yield event
+                elif type(event) is ToolCallEvent:
+                    calls.append(event)
+                    yield event
+                elif isinstance(event, InvalidToolCall):
+                    invalid[event.id] = event
+                    call = ToolCallEvent(id=event.id, name=event.name)
+                    calls.append(call)
+                    yield call
+                else:
+                    yield event
+        finally:
+            # close the provider's stream now, so a cancelled run ends its HTTP request
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if not calls:
             return
         history.append(
@@ -98,7 +132,7 @@ async def run_loop(
                 tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls],
             )
         )
-        for result in await _call_tools(tools, calls):
+        for result in await _call_tools(tools, calls, invalid):
             yield result
             history.append(
                 Message(
@@ -110,5 +144,6 @@ async def run_loop(
                 )
             )
     raise MaxStepsExceeded(
-        f"Agent {agent.name!r} reached max_steps={agent.max_steps} without a final answer"
+        f"Agent {agent.name!r} hit its step limit (max_steps={agent.max_steps}): the model "
+        "was still calling tools and gave no final answer"
     )

@@ -2,7 +2,8 @@
 
 The JSON schema comes from the type hints (through msgspec) and the
 docstring: its first paragraph describes the tool, an `Args:` section
-describes the parameters. Arguments from the model are validated against the
+(Google style) or `:param name:` lines (Sphinx style) describe the
+parameters. Arguments from the model are validated against the
 same types before the call.
 """
 
@@ -23,6 +24,8 @@ __all__ = ["Tool", "ToolArgumentError", "tool"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_SPHINX_PARAM = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
 
 
 class ToolArgumentError(ValueError):
@@ -36,6 +39,13 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     current: str | None = None
     for line in inspect.cleandoc(doc).splitlines():
         stripped = line.strip()
+        if match := _SPHINX_PARAM.match(stripped):
+            section, current = "sphinx", match.group(1)
+            params[current] = match.group(2).strip()
+            continue
+        if stripped.startswith(":") and section in (None, "sphinx"):
+            section, current = "other", None  # :returns:, :raises: ...
+            continue
         if stripped.rstrip(":").lower() in ("args", "arguments", "parameters", "params"):
             section, current = "args", None
             continue
@@ -44,6 +54,9 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
             continue
         if section is None:
             summary_lines.append(line)
+        elif section == "sphinx":
+            if current and stripped:
+                params[current] = f"{params[current]} {stripped}".strip()
         elif section == "args":
             match = _ARG_LINE.match(line)
             if match and not line.startswith(" " * 8):
@@ -77,7 +90,10 @@ class Tool:
         description: str | None = None,
     ) -> None:
         self.func = func
-        self.name = name or func.__name__
+        self.name = name or getattr(func, "__name__", None) or type(func).__name__
+        if not _TOOL_NAME.match(self.name):
+            # both APIs reject the whole request over one bad tool name; fail at startup instead
+            raise ValueError(f"Tool name {self.name!r} must match {_TOOL_NAME.pattern}")
         summary, param_docs = _parse_docstring(func.__doc__ or "")
         self.description = description if description is not None else summary
         self.is_async = inspect.iscoroutinefunction(func)
@@ -122,7 +138,10 @@ class Tool:
         if self.is_async:
             result: Any = await self.func(**kwargs)
             return result
-        return await anyio.to_thread.run_sync(lambda: self.func(**kwargs))
+        # abandon_on_cancel: a cancelled run returns at once; the thread finishes alone
+        return await anyio.to_thread.run_sync(
+            lambda: self.func(**kwargs), abandon_on_cancel=True
+        )
 
 
 @overload

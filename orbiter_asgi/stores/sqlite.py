@@ -1,0 +1,552 @@
+"""SQLite session store: `sqlite:///orbiter.db`, persistent on one machine.
+
+The standard library `sqlite3` runs in worker threads (`anyio.to_thread`)
+on a small pool of connections, so the event loop never blocks on disk.
+The file is in WAL mode with `synchronous=NORMAL`: a commit is in the WAL
+before the call returns, so an acknowledged append survives the process
+being killed (even with SIGKILL); only a power loss can take back the last
+commits, which `?synchronous=FULL` prevents at an fsync per commit.
+Every write is one `BEGIN IMMEDIATE` transaction, so several worker
+processes share one file and wait (`busy_timeout`) rather than fail. The
+schema is versioned with `PRAGMA user_version`; opening an older file
+upgrades it, a newer or foreign one is refused with a 503.
+
+URL: `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`, with
+options `?timeout=5` (seconds to wait for a busy file), `?pool=4`,
+`?synchronous=NORMAL|FULL`, `?lock_ttl=30` and `?lock_wait=300` (turn lock).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from ..exceptions import ConflictError, OrbiterError, SessionNotFound, StoreError
+from ..models import Message, Session, SessionSummary
+from ._lease import LeaseLock
+from ._records import (
+    decode_message,
+    decode_metadata,
+    encode_message,
+    encode_metadata,
+    from_micros,
+    micros,
+    split_options,
+    stamp,
+)
+from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, encode_cursor, new_session_id, utcnow
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+T = TypeVar("T")
+
+APPLICATION_ID = 0x4F524254  # "ORBT": marks a file as ours
+
+# Step N upgrades a file from user_version N to N + 1; never edit a released step.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            agent_name TEXT,
+            metadata TEXT NOT NULL,
+            message_count INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX sessions_by_created ON sessions (created_at, id)",
+        "CREATE INDEX sessions_by_agent ON sessions (agent_name, created_at, id)",
+        """CREATE TABLE messages (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE turn_locks (
+            session_id TEXT PRIMARY KEY,
+            token TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            process TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait")
+_SESSION_COLUMNS = "id, agent_name, metadata, message_count, created_at, updated_at"
+
+_process_ids: dict[int, str] = {}
+
+
+def _process_id() -> str:
+    """Tells this process from an earlier one that had the same pid."""
+    pid = os.getpid()
+    if pid not in _process_ids:
+        _process_ids[pid] = uuid.uuid4().hex
+    return _process_ids[pid]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _path_of(url: str) -> str:
+    rest = url.partition("://")[2].partition("?")[0]
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(
+            f"SQLite URLs look like sqlite:///relative.db or sqlite:////abs.db, not {url!r}"
+        )
+    return rest[1:]
+
+
+class _Row:
+    """One `sessions` row, decoded."""
+
+    __slots__ = ("agent_name", "created_at", "id", "message_count", "metadata", "updated_at")
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (
+            self.id,
+            self.agent_name,
+            metadata,
+            self.message_count,
+            created_at,
+            updated_at,
+        ) = row
+        self.metadata = decode_metadata(metadata)
+        self.created_at = from_micros(created_at)
+        self.updated_at = from_micros(updated_at)
+
+    def session(self, messages: list[Message]) -> Session:
+        return Session(
+            id=self.id,
+            agent_name=self.agent_name,
+            metadata=self.metadata,
+            messages=messages,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    def summary(self) -> SessionSummary:
+        return SessionSummary(
+            id=self.id,
+            agent_name=self.agent_name,
+            metadata=self.metadata,
+            message_count=self.message_count,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+def _not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"Session {session_id!r} not found")
+
+
+def _select_session(conn: sqlite3.Connection, session_id: str) -> _Row | None:
+    row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
+    found = row.fetchone()
+    return _Row(found) if found is not None else None
+
+
+def _select_messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
+    rows = conn.execute(
+        "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+    ).fetchall()
+    return [decode_message(body) for (body,) in rows]
+
+
+class _Transaction:
+    """`with _Transaction(conn, immediate=True):` BEGIN ... COMMIT, ROLLBACK on error."""
+
+    __slots__ = ("conn", "mode")
+
+    def __init__(self, conn: sqlite3.Connection, *, immediate: bool) -> None:
+        self.conn = conn
+        self.mode = "IMMEDIATE" if immediate else "DEFERRED"
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute(f"BEGIN {self.mode}")
+        return self.conn
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if kind is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.rollback()
+
+
+class SQLiteStore:
+    """Sessions in one SQLite file, shared by the worker processes of one machine.
+
+    ```python
+    app = create_app(store="sqlite:///orbiter.db")
+    app = create_app(store=SQLiteStore("sqlite:///orbiter.db", timeout=10))
+    ```
+
+    Parameters:
+        url: `sqlite:///relative.db` or `sqlite:////absolute.db`, options as query.
+        timeout: seconds to wait for another process's write before a 503.
+        pool: connections (and so threads) used at once.
+        synchronous: `NORMAL` (survives process crashes) or `FULL` (also power loss).
+        lock_ttl: seconds a crashed worker's turn lock outlives it at most.
+        lock_wait: seconds a turn waits for a busy session before a 503.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        pool: int | None = None,
+        synchronous: str | None = None,
+        lock_ttl: float | None = None,
+        lock_wait: float | None = None,
+    ) -> None:
+        _, options = split_options(url, _OPTIONS)
+        self.path = _path_of(url)
+        self.timeout = float(timeout if timeout is not None else options.get("timeout", 5.0))
+        self.pool_size = int(pool if pool is not None else options.get("pool", 4))
+        self.synchronous = (synchronous or options.get("synchronous", "NORMAL")).upper()
+        if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
+        assert self.pool_size >= 1 and self.timeout >= 0
+        self._idle: list[sqlite3.Connection] = []
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._generation = 0  # bumped by aclose: connections of older generations are closed
+        self._host = socket.gethostname()
+        self._lease = LeaseLock(
+            self._try_lock,
+            self._unlock,
+            self._renew_locks,
+            ttl=float(lock_ttl if lock_ttl is not None else options.get("lock_ttl", 30.0)),
+            wait=float(lock_wait if lock_wait is not None else options.get("lock_wait", 300.0)),
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # --- connections ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if version == SCHEMA_VERSION and app_id == APPLICATION_ID:
+            return
+        with _Transaction(conn, immediate=True):
+            # read again under the write lock: another process may have just migrated
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise StoreError(f"{self.path} is not an orbiter-asgi session database")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has session schema {version}, newer than this orbiter-asgi "
+                    f"understands ({SCHEMA_VERSION}); upgrade orbiter-asgi"
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _call(
+        self, conn: sqlite3.Connection | None, fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> tuple[sqlite3.Connection | None, T | BaseException]:
+        """Runs in a worker thread: `fn(conn, *args)`, on a fresh connection if needed.
+
+        Returns the connection to keep (None when it was closed) and the
+        result or the exception, so the pool stays right whatever happened.
+        """
+        try:
+            if conn is None:
+                conn = self._connect()
+            return conn, fn(conn, *args)
+        except (OrbiterError, msgspec.DecodeError) as exc:
+            return conn, exc
+        except BaseException as exc:
+            # a connection that saw a driver error may be unusable (file replaced, corrupt)
+            if conn is not None:
+                conn.close()
+            return None, exc
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.pool_size)
+        async with self._limiter:
+            generation = self._generation
+            conn = self._idle.pop() if self._idle else None
+            kept, result = await anyio.to_thread.run_sync(self._call, conn, fn, args)
+            if kept is not None:
+                if generation == self._generation:
+                    self._idle.append(kept)
+                else:
+                    kept.close()
+        if isinstance(result, BaseException):
+            if isinstance(result, sqlite3.Error):
+                raise StoreError(f"SQLite store {self.path} failed: {result}") from result
+            if isinstance(result, msgspec.DecodeError):
+                raise StoreError(f"SQLite store {self.path} holds unreadable data: {result}")
+            raise result
+        return result
+
+    async def aclose(self) -> None:
+        await self._lease.aclose()
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # --- sessions --------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        agent_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        session_id = session_id or new_session_id()
+        now = micros(utcnow())
+        row = (session_id, agent_name, encode_metadata(metadata or {}).decode(), 0, now, now)
+        return await self._run(self._create, row)
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Session:
+        try:
+            conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?)", row)
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"Session {row[0]!r} already exists") from None
+        return _Row(row).session([])
+
+    async def get(self, session_id: str) -> Session:
+        return await self._run(self._get, session_id)
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, session_id: str) -> Session:
+        with _Transaction(conn, immediate=False):  # one snapshot for the row and its messages
+            row = _select_session(conn, session_id)
+            if row is None:
+                raise _not_found(session_id)
+            return row.session(_select_messages(conn, session_id))
+
+    async def list(
+        self,
+        *,
+        agent_name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page:
+        after = decode_cursor(cursor) if cursor else None
+        key = (micros(after[0]), after[1]) if after else None
+        rows = await self._run(self._list, agent_name, limit, key)
+        items = [row.summary() for row in rows[:limit]]
+        if len(rows) > limit:
+            last = items[-1]
+            return Page(items, encode_cursor(last.created_at, last.id))
+        return Page(items)
+
+    @staticmethod
+    def _list(
+        conn: sqlite3.Connection, agent_name: str | None, limit: int, key: tuple[int, str] | None
+    ) -> builtins.list[_Row]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if agent_name is not None:
+            where.append("agent_name = ?")
+            params.append(agent_name)
+        if key is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(key)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions {clause} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        return [_Row(row) for row in rows]
+
+    async def update(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
+        metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
+    ) -> Session:
+        changes: dict[str, Any] = {"updated_at": micros(utcnow())}
+        if agent_name is not msgspec.UNSET:
+            changes["agent_name"] = agent_name
+        if metadata is not msgspec.UNSET:
+            changes["metadata"] = encode_metadata(metadata).decode()
+        return await self._run(self._update, session_id, changes)
+
+    @staticmethod
+    def _update(conn: sqlite3.Connection, session_id: str, changes: dict[str, Any]) -> Session:
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        with _Transaction(conn, immediate=True):
+            cursor = conn.execute(
+                f"UPDATE sessions SET {assignments} WHERE id = ?", (*changes.values(), session_id)
+            )
+            if cursor.rowcount == 0:
+                raise _not_found(session_id)
+            row = _select_session(conn, session_id)
+            assert row is not None
+            return row.session(_select_messages(conn, session_id))
+
+    async def delete(self, session_id: str) -> bool:
+        return await self._run(self._delete, session_id)
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, session_id: str) -> bool:
+        with _Transaction(conn, immediate=True):
+            deleted = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
+            conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+        return deleted > 0
+
+    # --- histories ---------------------------------------------------------------
+
+    async def messages(self, session_id: str) -> builtins.list[Message]:
+        return await self._run(self._messages, session_id)
+
+    @staticmethod
+    def _messages(conn: sqlite3.Connection, session_id: str) -> builtins.list[Message]:
+        with _Transaction(conn, immediate=False):
+            exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if exists is None:
+                raise _not_found(session_id)
+            return _select_messages(conn, session_id)
+
+    async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
+        return await self._run(self._history, session_id, agent_name, micros(utcnow()))
+
+    @staticmethod
+    def _history(
+        conn: sqlite3.Connection, session_id: str, agent_name: str | None, now: int
+    ) -> builtins.list[Message]:
+        with _Transaction(conn, immediate=False):
+            exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if exists is not None:
+                return _select_messages(conn, session_id)
+        # new session: create it, unless another process just did
+        with _Transaction(conn, immediate=True):
+            created = conn.execute(
+                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'{{}}',0,?,?)",
+                (session_id, agent_name, now, now),
+            ).rowcount
+            return [] if created else _select_messages(conn, session_id)
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:
+        stored, now = stamp(messages)
+        bodies = [encode_message(m).decode() for m in stored]
+        await self._run(self._append, session_id, bodies, micros(now))
+        return stored
+
+    @staticmethod
+    def _append(
+        conn: sqlite3.Connection, session_id: str, bodies: builtins.list[str], now: int
+    ) -> None:
+        with _Transaction(conn, immediate=True):
+            row = conn.execute(
+                "SELECT message_count FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise _not_found(session_id)
+            count = row[0]
+            conn.executemany(
+                "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
+                [(session_id, count + i, body) for i, body in enumerate(bodies)],
+            )
+            conn.execute(
+                "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
+                (count + len(bodies), now, session_id),
+            )
+
+    # --- the turn lock -------------------------------------------------------------
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Serializes turns on one session across the processes sharing the file."""
+        return self._lease.hold(session_id)
+
+    def _lock_row(self, session_id: str, token: str) -> tuple[Any, ...]:
+        expires = int((time.time() + self._lease.ttl) * 1_000_000)
+        return (session_id, token, self._host, os.getpid(), _process_id(), expires)
+
+    async def _try_lock(self, session_id: str, token: str) -> bool:
+        return await self._run(self._take_lock, self._lock_row(session_id, token))
+
+    def _take_lock(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
+        with _Transaction(conn, immediate=True):
+            holder = conn.execute(
+                "SELECT host, pid, process, expires_at FROM turn_locks WHERE session_id = ?",
+                (row[0],),
+            ).fetchone()
+            if holder is not None and not self._stale(*holder):
+                return False
+            conn.execute("INSERT OR REPLACE INTO turn_locks VALUES (?, ?, ?, ?, ?, ?)", row)
+            return True
+
+    def _stale(self, host: str, pid: int, process: str, expires_at: int) -> bool:
+        if expires_at < time.time() * 1_000_000:
+            return True
+        if host != self._host:
+            return False  # another machine's process: only its expiry tells
+        if pid == os.getpid():
+            # our in-process lock is held, so a lease in our name is an earlier
+            # process's that had our pid
+            return process != _process_id()
+        return not _alive(pid)
+
+    async def _unlock(self, session_id: str, token: str) -> None:
+        await self._run(self._delete_lock, session_id, token)
+
+    @staticmethod
+    def _delete_lock(conn: sqlite3.Connection, session_id: str, token: str) -> None:
+        conn.execute(
+            "DELETE FROM turn_locks WHERE session_id = ? AND token = ?", (session_id, token)
+        )
+
+    async def _renew_locks(self, held: Mapping[str, str]) -> None:
+        expires = int((time.time() + self._lease.ttl) * 1_000_000)
+        rows = [(expires, session_id, token) for session_id, token in held.items()]
+        await self._run(self._extend_locks, rows)
+
+    @staticmethod
+    def _extend_locks(conn: sqlite3.Connection, rows: builtins.list[tuple[int, str, str]]) -> None:
+        with _Transaction(conn, immediate=True):
+            conn.executemany(
+                "UPDATE turn_locks SET expires_at = ? WHERE session_id = ? AND token = ?", rows
+            )
+

@@ -1,0 +1,250 @@
+"""One suite for every `SessionStore`: memory, SQLite and Redis behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+import msgspec
+import pytest
+
+from orbiter_asgi.exceptions import ConflictError, RequestError, SessionNotFound
+from orbiter_asgi.models import Message, ToolCall
+from orbiter_asgi.stores import SessionStore
+
+pytestmark = pytest.mark.anyio
+
+
+def _content(messages: list[Message]) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in messages]
+
+
+async def _all_ids(store: SessionStore, *, limit: int, agent_name: str | None = None) -> list[str]:
+    ids: list[str] = []
+    cursor: str | None = None
+    for _ in range(1000):
+        page = await store.list(agent_name=agent_name, limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        ids.extend(item.id for item in page.items)
+        if page.next_cursor is None:
+            return ids
+        assert len(page.items) == limit
+        cursor = page.next_cursor
+    raise AssertionError("listing never ended")
+
+
+async def test_create_and_get(store: SessionStore) -> None:
+    created = await store.create(agent_name="assistant", metadata={"user": "ada", "n": [1, 2]})
+    assert created.agent_name == "assistant"
+    assert created.metadata == {"user": "ada", "n": [1, 2]}
+    assert created.messages == []
+    assert created.created_at == created.updated_at
+    assert created.created_at.tzinfo is not None
+    fetched = await store.get(created.id)
+    assert fetched == created
+
+
+async def test_create_with_id_and_conflict(store: SessionStore) -> None:
+    await store.create(session_id="chosen-id.1:x", metadata={"a": 1})
+    with pytest.raises(ConflictError):
+        await store.create(session_id="chosen-id.1:x")
+    assert (await store.get("chosen-id.1:x")).metadata == {"a": 1}
+
+
+async def test_missing_session(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFound):
+        await store.get("nope")
+    with pytest.raises(SessionNotFound):
+        await store.messages("nope")
+    with pytest.raises(SessionNotFound):
+        await store.append("nope", [Message(role="user", content="x")])
+    with pytest.raises(SessionNotFound):
+        await store.update("nope", metadata={})
+    assert await store.delete("nope") is False
+
+
+async def test_list_newest_first_with_pages(store: SessionStore) -> None:
+    created = [(await store.create(session_id=f"s{i:02d}")).id for i in range(7)]
+    newest_first = list(reversed(created))
+    first = await store.list()
+    assert [item.id for item in first.items] == newest_first
+    assert first.next_cursor is None
+    for limit in (1, 2, 3, 7, 8):
+        assert await _all_ids(store, limit=limit) == newest_first
+
+
+async def test_list_summaries_and_agent_filter(store: SessionStore) -> None:
+    a = await store.create(agent_name="a", metadata={"k": "v"})
+    b = await store.create(agent_name="b")
+    a2 = await store.create(agent_name="a")
+    two = [Message(role="user", content="1"), Message(role="assistant", content="2")]
+    await store.append(a.id, two)
+    assert await _all_ids(store, limit=1, agent_name="a") == [a2.id, a.id]
+    assert await _all_ids(store, limit=5, agent_name="b") == [b.id]
+    assert (await store.list(agent_name="nobody")).items == []
+    summary = next(i for i in (await store.list()).items if i.id == a.id)
+    assert summary.message_count == 2
+    assert summary.metadata == {"k": "v"}
+    assert summary.agent_name == "a"
+    assert summary.updated_at >= summary.created_at
+
+
+async def test_invalid_cursor(store: SessionStore) -> None:
+    with pytest.raises(RequestError):
+        await store.list(cursor="not a cursor!")
+
+
+async def test_deleting_during_a_listing(store: SessionStore) -> None:
+    ids = [(await store.create()).id for _ in range(6)]
+    newest_first = list(reversed(ids))
+    page = await store.list(limit=2)
+    assert [i.id for i in page.items] == newest_first[:2]
+    # delete the page's last item (the cursor's anchor) and one further on
+    assert await store.delete(newest_first[1])
+    assert await store.delete(newest_first[3])
+    rest = await store.list(limit=10, cursor=page.next_cursor)
+    assert [i.id for i in rest.items] == [newest_first[2], newest_first[4], newest_first[5]]
+    # sessions created meanwhile are newer than the cursor, so they do not reappear
+    await store.create()
+    again = await store.list(limit=10, cursor=page.next_cursor)
+    assert [i.id for i in again.items] == [newest_first[2], newest_first[4], newest_first[5]]
+
+
+async def test_update(store: SessionStore) -> None:
+    session = await store.create(agent_name="a", metadata={"x": 1})
+    await store.append(session.id, [Message(role="user", content="kept")])
+    only_meta = await store.update(session.id, metadata={"y": "ü"})
+    assert only_meta.agent_name == "a"
+    assert only_meta.metadata == {"y": "ü"}
+    assert _content(only_meta.messages) == [("user", "kept")]
+    assert only_meta.updated_at >= session.updated_at
+    moved = await store.update(session.id, agent_name="b")
+    assert moved.agent_name == "b"
+    assert moved.metadata == {"y": "ü"}
+    assert await _all_ids(store, limit=5, agent_name="a") == []
+    assert await _all_ids(store, limit=5, agent_name="b") == [session.id]
+    cleared = await store.update(session.id, agent_name=None)
+    assert cleared.agent_name is None
+    assert await _all_ids(store, limit=5, agent_name="b") == []
+    untouched = await store.update(session.id, agent_name=msgspec.UNSET, metadata=msgspec.UNSET)
+    assert untouched.metadata == {"y": "ü"}
+    assert await store.get(session.id) == untouched
+
+
+async def test_delete(store: SessionStore) -> None:
+    session = await store.create(agent_name="a")
+    await store.append(session.id, [Message(role="user", content="bye")])
+    assert await store.delete(session.id) is True
+    assert await store.delete(session.id) is False
+    with pytest.raises(SessionNotFound):
+        await store.get(session.id)
+    assert await _all_ids(store, limit=5) == []
+    assert await _all_ids(store, limit=5, agent_name="a") == []
+    # the id is free again, with an empty history
+    again = await store.create(session_id=session.id)
+    assert again.messages == []
+
+
+async def test_append_and_messages(store: SessionStore) -> None:
+    session = await store.create()
+    fixed = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    call = ToolCall(id="c1", name="add", arguments={"a": 1, "nested": {"b": [1, "two"]}})
+    stored = await store.append(
+        session.id,
+        [
+            Message(role="user", content="hello"),
+            Message(role="assistant", content="", tool_calls=[call]),
+            Message(role="tool", content="3", tool_call_id="c1", name="add", is_error=True),
+            Message(role="assistant", content="three", created_at=fixed),
+        ],
+    )
+    assert all(m.created_at is not None for m in stored)
+    assert stored[3].created_at == fixed
+    assert await store.messages(session.id) == stored
+    assert (await store.get(session.id)).messages == stored
+    assert await store.append(session.id, []) == []
+    more = await store.append(session.id, [Message(role="user", content="again")])
+    last_two = _content(await store.messages(session.id))[-2:]
+    assert last_two == [("assistant", "three"), ("user", "again")]
+    assert (await store.get(session.id)).updated_at == more[0].created_at
+
+
+async def test_unicode_and_large_messages(store: SessionStore) -> None:
+    session = await store.create(metadata={"名前": "テスト", "emoji": "🛰️", "nul": "a\x00b"})
+    texts = [
+        "🚀 émoji, RTL שלום, CJK 你好, combining é, NUL \x00 and \u2028 separators",
+        "x" * 1_000_000,
+        "line\nbreaks\r\nand \"quotes\" and \\ backslashes",
+        "",
+    ]
+    await store.append(session.id, [Message(role="user", content=t) for t in texts])
+    fetched = await store.get(session.id)
+    assert [m.content for m in fetched.messages] == texts
+    assert fetched.metadata == {"名前": "テスト", "emoji": "🛰️", "nul": "a\x00b"}
+
+
+async def test_many_messages_in_one_append(store: SessionStore) -> None:
+    session = await store.create()
+    batch = [Message(role="user", content=str(i)) for i in range(2500)]
+    await store.append(session.id, batch)
+    assert [m.content for m in await store.messages(session.id)] == [str(i) for i in range(2500)]
+
+
+async def test_history_creates_then_reads(store: SessionStore) -> None:
+    assert await store.history("turns", agent_name="assistant") == []
+    created = await store.get("turns")
+    assert created.agent_name == "assistant"
+    assert created.metadata == {}
+    await store.append("turns", [Message(role="user", content="hi")])
+    assert _content(await store.history("turns", agent_name="other")) == [("user", "hi")]
+    assert (await store.get("turns")).agent_name == "assistant"  # not changed by later turns
+    assert await _all_ids(store, limit=5, agent_name="assistant") == ["turns"]
+
+
+async def test_lock_serializes_turns(open_stores: Callable[[], SessionStore]) -> None:
+    stores = [open_stores(), open_stores()]
+    inside = 0
+    overlaps = 0
+    order: list[int] = []
+
+    async def turn(n: int) -> None:
+        nonlocal inside, overlaps
+        store = stores[n % 2]
+        async with store.lock("locked"):
+            inside += 1
+            overlaps += inside > 1
+            await anyio.sleep(0.001)
+            order.append(n)
+            inside -= 1
+
+    async with anyio.create_task_group() as group:
+        for n in range(12):
+            group.start_soon(turn, n)
+    assert overlaps == 0
+    assert sorted(order) == list(range(12))
+
+
+async def test_lock_is_released_on_error_and_cancel(store: SessionStore) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with store.lock("s"):
+            1 / 0  # noqa: B018
+    with anyio.move_on_after(0.05):
+        async with store.lock("s"):
+            await anyio.sleep(10)
+    with anyio.fail_after(10):
+        async with store.lock("s"):
+            pass
+
+
+async def test_locks_of_different_sessions_are_independent(store: SessionStore) -> None:
+    with anyio.fail_after(10):
+        async with store.lock("one"), store.lock("two"):
+            pass
+
+
+async def test_reopen_after_aclose(open_stores: Callable[[], SessionStore]) -> None:
+    store = open_stores()
+    session = await store.create(metadata={"kept": True})
+    await store.aclose()
+    assert (await store.get(session.id)).metadata == {"kept": True}
