@@ -12,15 +12,19 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .app import OrbiterApp
 
 __all__ = ["build_app", "load_target", "main"]
 
@@ -98,7 +102,7 @@ def _is_agent(obj: Any) -> bool:
     return any(callable(getattr(obj, m, None)) for m in ("stream", "run"))
 
 
-def _configure(app: Any, options: Mapping[str, Any]) -> Any:
+def _configure(app: OrbiterApp, options: Mapping[str, Any]) -> OrbiterApp:
     """Apply the flags given on the command line to an app the target built."""
     from ._context import Limits
     from .security import APIKeyMiddleware, cors_middleware
@@ -224,7 +228,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     # Turns get the grace period (the app drains on SIGTERM), their streams a
     # moment more to send the final `error` event; then uvicorn cancels.
-    shutdown_timeout = _grace(app, args) + _SHUTDOWN_MARGIN
+    shutdown_timeout = math.ceil(_grace(app, args) + _SHUTDOWN_MARGIN)
     if args.workers > 1:
         uvicorn.run(
             "orbiter_asgi.cli:_factory",

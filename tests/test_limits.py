@@ -281,3 +281,21 @@ async def test_drain_refuses_new_turns_and_ends_running_ones_after_the_grace_per
     assert refused.json()["detail"] == "The server is shutting down; retry shortly"
     messages = await app.store.messages("d")
     assert [m.role for m in messages] == ["user", "assistant"]
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+async def test_serve_flags_reach_a_built_app_and_a_target_app(tmp_path: Any) -> None:
+    from orbiter_asgi.cli import build_app
+
+    target = tmp_path / "target.py"
+    target.write_text("from orbiter_asgi import Agent, create_app\napp = create_app(agents=[Agent('a')])\n")
+    options = {"max_input_length": 5, "max_concurrent_runs": None, "run_timeout": 2.5, "api_keys": ["k"]}
+    for app in (build_app(None, "memory://", options), build_app(f"{target}:app", None, options)):
+        limits = app.context.limits  # type: ignore[attr-defined]
+        assert (limits.max_input_length, limits.max_concurrent_runs, limits.run_timeout) == (5, None, 2.5)
+        async with client_for(app) as client:
+            assert (await client.get("/agents")).status_code == 401
+            too_long = await client.post("/chat", json={"input": "123456"}, headers={"X-API-Key": "k"})
+            assert too_long.status_code == 422
