@@ -1,6 +1,7 @@
 """One JSON encoder and one typed decoder per request shape, built once.
 
-Decoding errors become FastAPI-shaped bodies: malformed JSON is a 400 with a
+Decoding errors become FastAPI-shaped bodies: malformed JSON (invalid UTF-8
+and nesting past msgspec's recursion limit included) is a 400 with a
 `detail` string; a body that does not match its struct is a 422 whose
 `detail` list gives `loc` (from msgspec's `$.path`), `msg` and `type`.
 """
@@ -81,4 +82,8 @@ class Decoder(Generic[T]):
             raise validation_error(exc) from None
         except msgspec.DecodeError as exc:
             raise RequestError(f"Malformed JSON body: {exc}") from None
+        except UnicodeDecodeError:
+            raise RequestError("Malformed JSON body: not valid UTF-8") from None
+        except RecursionError:
+            raise RequestError("Malformed JSON body: nested too deeply") from None
         return value

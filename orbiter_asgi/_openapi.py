@@ -18,7 +18,26 @@ _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 
 
 def _content(schema: dict[str, Any], media_type: str) -> dict[str, Any]:
+    if media_type == "text/event-stream":
+        schema = _sse_event(schema)
     return {media_type: {"schema": schema}}
+
+
+def _sse_event(payload: dict[str, Any]) -> dict[str, Any]:
+    """One SSE event: its `data` is a JSON payload, or `[DONE]` at the end."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "id": {"type": "string"},
+            "data": {
+                "anyOf": [
+                    {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+                    {"const": "[DONE]"},
+                ]
+            },
+        },
+    }
 
 
 def openapi_document(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 from starlette.types import Receive, Send
@@ -35,8 +35,18 @@ _BUFFER = 64
 
 
 def frame(event_id: int, event: Event) -> bytes:
-    # msgspec escapes newlines inside strings, so one `data:` line is always enough
-    return b"id: %d\ndata: %b\n\n" % (event_id, encode(event))
+    # msgspec escapes CR and LF inside strings, so one `data:` line is always
+    # enough for an SSE parser; U+0085, U+2028 and U+2029 it leaves raw, and
+    # line readers that split like str.splitlines (httpx's `aiter_lines`, as in
+    # the guide's client) would cut the line there, so those are escaped too.
+    payload = encode(event)
+    if b"\xe2\x80" in payload or b"\xc2\x85" in payload:
+        payload = (
+            payload.replace(b"\xe2\x80\xa8", b"\\u2028")
+            .replace(b"\xe2\x80\xa9", b"\\u2029")
+            .replace(b"\xc2\x85", b"\\u0085")
+        )
+    return b"id: %d\ndata: %b\n\n" % (event_id, payload)
 
 
 def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
@@ -78,22 +88,26 @@ class _Pending:
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    events: Callable[[], AsyncGenerator[Event, None]],
+    events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[Event, None]]],
     *,
     agent_name: str,
     heartbeat: float = 15.0,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Respond with the events of `events()` as SSE, ending with `[DONE]`."""
+    """Respond with the events of `events()` as SSE, ending with `[DONE]`.
+
+    `events()` (e.g. `Run.guarded`) is entered in the producer task, which
+    also closes it, cancelled or not.
+    """
     pending = _Pending()
     beats = bool(heartbeat) and not math.isinf(heartbeat)
 
     async def produce() -> None:
         event_id = 0
-        # aclosing: a cancelled run closes its generators (and the model's HTTP
-        # request behind them) now, not whenever they are garbage-collected
+        # entered here, so a cancelled run closes its generators (and the model's
+        # HTTP request behind them) in this task, now, not when garbage-collected
         try:
-            async with aclosing(events()) as stream:
+            async with events() as stream:
                 async for event in stream:
                     event_id += 1
                     pending.push(frame(event_id, event))

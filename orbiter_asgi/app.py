@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -21,14 +21,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ._codec import Decoder, encode
-from ._context import SCOPE_KEY, AppContext, Limits, get_context
+from ._context import DEFAULT_SESSION_ID_PATTERN, SCOPE_KEY, AppContext, Limits, get_context
+from ._guard import drain_on_signals
 from ._http import DEFAULT_MAX_BODY, Endpoint, error_body, read_json, send_json
 from ._middleware import HTTPFunctionMiddleware
 from ._openapi import openapi_document
+from ._openapi_limits import document_limits
 from ._sse import send_event_stream
 from ._version import __version__
 from .agents import agent_router
@@ -38,8 +40,10 @@ from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
 from .routing import MethodDecorators, Operation, Router
 from .runs import as_agent_error, start_run
+from .security import DEFAULT_PUBLIC_PATHS, keys_from_env, secure_openapi, security_middleware
 from .sessions import session_router
 from .stores import SessionStore, open_store
+from .stores.base import MAX_PAGE_SIZE
 from .streaming import stream_router
 
 __all__ = [
@@ -69,7 +73,7 @@ class ChatEndpoint(Endpoint):
             await send_event_stream(
                 receive,
                 send,
-                run.events,
+                run.guarded,
                 agent_name=run.agent.name,
                 heartbeat=context.limits.heartbeat_interval,
             )
@@ -86,7 +90,7 @@ class ChatEndpoint(Endpoint):
         async with anyio.create_task_group() as group:
             group.start_soon(watch_disconnect)
             try:
-                async with aclosing(run.events()) as events:
+                async with run.guarded() as events:
                     async for event in events:
                         if type(event) is DoneEvent:
                             done = event
@@ -128,8 +132,21 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     body = encode(ErrorDetail(str(exc.detail)))
-    return Response(body, exc.status_code, exc.headers, media_type="application/json")
+    return Response(body, exc.status_code, headers, media_type="application/json")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers: Starlette names only those of the first
+    route that matched the path, and one path has a route per method here."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is Match.PARTIAL:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _orbiter_exception(request: Request, exc: Exception) -> Response:
@@ -160,8 +177,12 @@ class OrbiterApp(MethodDecorators, Starlette):
         debug: bool = False,
         middleware: Sequence[Middleware] | None = None,
         lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+        secured: bool = False,
+        drain_on_signal: bool = True,
     ) -> None:
         self.context = context
+        self.secured = secured
+        self.drain_on_signal = drain_on_signal
         self.title = title
         self.version = version
         self.operations: list[Operation] = []
@@ -189,8 +210,17 @@ class OrbiterApp(MethodDecorators, Starlette):
     def store(self) -> SessionStore:
         return self.context.store
 
+    def drain(self, grace: float | None = None) -> None:
+        """Begin a graceful shutdown: refuse new turns (503, code `shutdown`) and
+        end running ones after `grace` seconds (default: `grace_period`) with an
+        `error` event of code `shutdown`. SIGTERM does this by itself while the
+        app runs under a server that sends lifespan events."""
+        self.context.guard.drain(grace)
+
     @asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[Any]:
+        self.context.guard.resume()
+        restore = drain_on_signals() if self.drain_on_signal else None
         try:
             if self._user_lifespan is not None:
                 async with self._user_lifespan(app) as state:
@@ -198,6 +228,9 @@ class OrbiterApp(MethodDecorators, Starlette):
             else:
                 yield None
         finally:
+            self.context.guard.drain(0)  # the server stopped waiting: end what is left
+            if restore is not None:
+                restore()
             await self.context.store.aclose()
             await aclose_providers()
 
@@ -208,6 +241,9 @@ class OrbiterApp(MethodDecorators, Starlette):
     def openapi(self) -> bytes:
         if self._openapi is None:
             document = openapi_document(self.operations, title=self.title, version=self.version)
+            document_limits(document, self.context.limits)
+            if self.secured:
+                secure_openapi(document)
             self._openapi = encode(document)
         return self._openapi
 
@@ -274,8 +310,20 @@ def create_app(
     version: str = __version__,
     debug: bool = False,
     max_body_size: int = DEFAULT_MAX_BODY,
+    max_input_length: int = 100_000,
     max_ws_message_size: int = DEFAULT_MAX_BODY,
+    max_session_id_length: int = 128,
+    session_id_pattern: str = DEFAULT_SESSION_ID_PATTERN,
+    max_page_size: int = MAX_PAGE_SIZE,
+    max_json_depth: int = 32,
+    max_concurrent_runs: int | None = 1024,
+    run_timeout: float | None = 300.0,
+    grace_period: float = 10.0,
     heartbeat_interval: float = 15.0,
+    api_keys: Sequence[str] | None = None,
+    cors_origins: Sequence[str] | None = None,
+    public_paths: Sequence[str] = DEFAULT_PUBLIC_PATHS,
+    drain_on_signal: bool = True,
     middleware: Sequence[Middleware] | None = None,
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
 ) -> OrbiterApp:
@@ -286,9 +334,24 @@ def create_app(
             `register_agent("name", agent)` fills, read live.
         store: a `SessionStore` or a store URL (`memory://`, `sqlite:///path.db`,
             `redis://host:port/0`); by default `$ORBITER_STORE`, else `memory://`.
-        max_body_size: largest request body, in bytes (413 beyond).
-        max_ws_message_size: largest WebSocket message (closed with 1009 beyond).
+        max_body_size: largest request body, in bytes (413 beyond, unread).
+        max_input_length: longest `input`, in characters (422 beyond).
+        max_ws_message_size: largest WebSocket message, in bytes (closed with 1009 beyond).
+        max_session_id_length, session_id_pattern: what a session id may be (400 otherwise).
+        max_page_size: largest `?limit=` of `GET /sessions` (422 beyond).
+        max_json_depth: deepest nesting of free JSON (`metadata`, tool arguments; 422 beyond).
+        max_concurrent_runs: turns running at once in this app; beyond it a 503
+            with `Retry-After` (an `overloaded` error event on a WebSocket). None: no limit.
+        run_timeout: wall-clock seconds per turn; then a 504, or an `error` event
+            of code `timeout` once streaming. None: no limit.
+        grace_period: seconds running turns get to finish after SIGTERM (or
+            `app.drain()`) before they end with an `error` event of code `shutdown`.
         heartbeat_interval: seconds of silence before an SSE comment heartbeat.
+        api_keys: keys accepted as `Authorization: Bearer <key>` or `X-API-Key`;
+            by default `$ORBITER_API_KEYS` (comma-separated); empty: no auth.
+        cors_origins: origins allowed by CORS (`["*"]` for any); None: no CORS.
+        public_paths: paths served without a key (default: `/openapi.json`).
+        drain_on_signal: drain on SIGTERM/SIGINT while the lifespan runs.
     """
     if agents is None:
         registry = registered_agents
@@ -301,17 +364,29 @@ def create_app(
     session_store = open_store(store) if isinstance(store, str) else store
     limits = Limits(
         max_body_size=max_body_size,
+        max_input_length=max_input_length,
         max_ws_message_size=max_ws_message_size,
+        max_session_id_length=max_session_id_length,
+        session_id_pattern=session_id_pattern,
+        max_page_size=max_page_size,
+        max_json_depth=max_json_depth,
+        max_concurrent_runs=max_concurrent_runs,
+        run_timeout=run_timeout,
+        grace_period=grace_period,
         heartbeat_interval=heartbeat_interval,
     )
+    keys = keys_from_env() if api_keys is None else list(api_keys)
+    stack = security_middleware(keys, cors_origins or (), public_paths)
     return OrbiterApp(
         AppContext(registry, session_store, limits),
         [chat_router, agent_router, session_router, stream_router],
         title=title,
         version=version,
         debug=debug,
-        middleware=middleware,
+        middleware=[*stack, *(middleware or ())],
         lifespan=lifespan,
+        secured=bool(keys),
+        drain_on_signal=drain_on_signal,
     )
 
 

@@ -11,21 +11,42 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .app import OrbiterApp
 
 __all__ = ["build_app", "load_target", "main"]
 
 DEFAULT_STORE = "sqlite:///orbiter.db"
 _TARGET_ENV = "ORBITER_TARGET"
 _STORE_ENV = "ORBITER_STORE"
+_OPTIONS_ENV = "ORBITER_SERVE_OPTIONS"  # the flags below, for worker processes
+_SHUTDOWN_MARGIN = 2.0  # seconds the server waits past the grace period for streams to end
+
+# `serve` flags that become `create_app` keywords: (flag, type, help)
+_LIMIT_FLAGS: list[tuple[str, type, str]] = [
+    ("--max-body-size", int, "largest request body in bytes (default 1048576)"),
+    ("--max-input-length", int, "longest input in characters (default 100000)"),
+    ("--max-ws-message-size", int, "largest WebSocket message in bytes (default 1048576)"),
+    ("--max-session-id-length", int, "longest session id (default 128)"),
+    ("--max-page-size", int, "largest ?limit= of GET /sessions (default 100)"),
+    ("--max-json-depth", int, "deepest nesting of metadata and tool arguments (default 32)"),
+    ("--max-concurrent-runs", int, "turns at once per worker, then 503; 0: no limit (default 1024)"),
+    ("--run-timeout", float, "wall-clock seconds per turn; 0: no limit (default 300)"),
+    ("--grace-period", float, "seconds running turns get after SIGTERM (default 10)"),
+    ("--heartbeat-interval", float, "seconds between SSE heartbeats (default 15)"),
+]
 
 
 def _import_file(path: Path) -> Any:
@@ -81,34 +102,76 @@ def _is_agent(obj: Any) -> bool:
     return any(callable(getattr(obj, m, None)) for m in ("stream", "run"))
 
 
-def build_app(target: str | None, store: str | None) -> ASGIApp:
-    """The ASGI app to serve for TARGET (or the demo) with `store`."""
+def _configure(app: OrbiterApp, options: Mapping[str, Any]) -> OrbiterApp:
+    """Apply the flags given on the command line to an app the target built."""
+    from ._context import Limits
+    from .security import APIKeyMiddleware, cors_middleware
+
+    for name, value in options.items():
+        if name in Limits.__slots__:
+            setattr(app.context.limits, name, value)
+    if options.get("cors_origins"):
+        middleware = cors_middleware(options["cors_origins"])
+        app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+    if options.get("api_keys"):
+        app.add_middleware(APIKeyMiddleware, api_keys=options["api_keys"])
+        app.secured = True
+    app._openapi = None
+    return app
+
+
+_NULLABLE = ("max_concurrent_runs", "run_timeout")
+
+
+def build_app(target: str | None, store: str | None, options: Mapping[str, Any] | None = None) -> ASGIApp:
+    """The ASGI app to serve for TARGET (or the demo) with `store`.
+
+    `options` are `create_app` keywords (limits, `api_keys`, `cors_origins`);
+    an app the target built itself gets them applied on top.
+    """
     from .app import OrbiterApp, create_app
     from .registry import registered_agents
 
+    options = dict(options or {})
     if target is None:
-        return create_app(agents=[_demo_agent()], store=store)
+        return create_app(agents=[_demo_agent()], store=store, **options)
     obj = load_target(target)
     if isinstance(obj, OrbiterApp):
-        return obj
+        return _configure(obj, options)
     if _is_agent(obj):
-        return create_app(agents=[obj], store=store)
+        return create_app(agents=[obj], store=store, **options)
     if isinstance(obj, Mapping) or (isinstance(obj, Sequence) and not isinstance(obj, str)):
-        return create_app(agents=obj, store=store)
+        return create_app(agents=obj, store=store, **options)
     if callable(obj) and not isinstance(obj, type(sys)):
         return obj  # type: ignore[no-any-return]  # any other ASGI app
     # a module: its `app` if it has one, else whatever it registered
     app = getattr(obj, "app", None)
     if app is not None:
-        return app  # type: ignore[no-any-return]
+        return _configure(app, options) if isinstance(app, OrbiterApp) else app
     if not registered_agents:
         raise SystemExit(f"{target!r} holds no app and registered no agents")
-    return create_app(store=store)
+    return create_app(store=store, **options)
 
 
 def _factory() -> ASGIApp:
     """What each server worker imports: the app for the environment's TARGET."""
-    return build_app(os.environ.get(_TARGET_ENV) or None, os.environ.get(_STORE_ENV) or None)
+    options = json.loads(os.environ.get(_OPTIONS_ENV) or "{}")
+    return build_app(os.environ.get(_TARGET_ENV) or None, os.environ.get(_STORE_ENV) or None, options)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `create_app` keywords the flags ask for (only those given)."""
+    options: dict[str, Any] = {}
+    for flag, _, _ in _LIMIT_FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = (value or None) if name in _NULLABLE else value
+    if args.api_key:
+        options["api_keys"] = args.api_key
+    if args.cors_origin:
+        options["cors_origins"] = args.cors_origin
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--server", choices=["uvicorn", "hypercorn"], default="uvicorn")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
+    for flag, kind, text in _LIMIT_FLAGS:
+        serve.add_argument(flag, type=kind, default=None, help=text)
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        help="require this key (Bearer or X-API-Key); repeatable; default: $ORBITER_API_KEYS",
+    )
+    serve.add_argument("--cors-origin", action="append", help="allow this CORS origin; repeatable")
     return parser
 
 
@@ -147,6 +218,7 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ[_TARGET_ENV] = args.target
     else:
         os.environ.pop(_TARGET_ENV, None)
+    os.environ[_OPTIONS_ENV] = json.dumps(_options(args))
     app = _factory()  # fail fast, in this process, on a bad target
     _describe(app, args)
     if args.server == "hypercorn":
@@ -154,6 +226,9 @@ def _serve(args: argparse.Namespace) -> None:
         return
     import uvicorn
 
+    # Turns get the grace period (the app drains on SIGTERM), their streams a
+    # moment more to send the final `error` event; then uvicorn cancels.
+    shutdown_timeout = math.ceil(_grace(app, args) + _SHUTDOWN_MARGIN)
     if args.workers > 1:
         uvicorn.run(
             "orbiter_asgi.cli:_factory",
@@ -163,12 +238,23 @@ def _serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             log_level=args.log_level,
             access_log=not args.no_access_log,
+            timeout_graceful_shutdown=shutdown_timeout,
         )
     else:
         uvicorn.run(
             app, host=args.host, port=args.port, log_level=args.log_level,
-            access_log=not args.no_access_log,
+            access_log=not args.no_access_log, timeout_graceful_shutdown=shutdown_timeout,
         )
+
+
+def _grace(app: ASGIApp, args: argparse.Namespace) -> float:
+    from .app import OrbiterApp
+
+    if args.grace_period is not None:
+        return float(args.grace_period)
+    if isinstance(app, OrbiterApp):
+        return app.context.limits.grace_period
+    return 10.0
 
 
 def _serve_hypercorn(app: ASGIApp, args: argparse.Namespace) -> None:
@@ -183,6 +269,7 @@ def _serve_hypercorn(app: ASGIApp, args: argparse.Namespace) -> None:
     config.bind = [f"{args.host}:{args.port}"]
     config.loglevel = args.log_level.upper()
     config.workers = 1
+    config.graceful_timeout = _grace(app, args) + _SHUTDOWN_MARGIN
     if not args.no_access_log:
         config.accesslog = "-"
     asyncio.run(hypercorn.asyncio.serve(app, config))  # type: ignore[arg-type]

@@ -3,11 +3,13 @@
     OrbiterError
     ├── RequestError             400  bad_request
     │   └── PayloadTooLarge      413  payload_too_large
+    ├── Unauthorized             401  unauthorized
     ├── NotFoundError            404  not_found
     │   ├── AgentNotFound        404  agent_not_found
     │   └── SessionNotFound      404  session_not_found
     ├── ConflictError            409  conflict
     ├── Overloaded               503  overloaded
+    │   └── ShuttingDown         503  shutdown
     ├── StoreError               503  store_unavailable
     └── AgentError               502  agent_error
         ├── MaxStepsExceeded     502  max_steps
@@ -39,7 +41,9 @@ __all__ = [
     "RequestError",
     "RunTimeout",
     "SessionNotFound",
+    "ShuttingDown",
     "StoreError",
+    "Unauthorized",
 ]
 
 
@@ -64,6 +68,13 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 
 
+class Unauthorized(OrbiterError):
+    """No valid API key; answered with `WWW-Authenticate`."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFoundError(OrbiterError):
     status_code = 404
     code = "not_found"
@@ -85,6 +96,13 @@ class ConflictError(OrbiterError):
 class Overloaded(OrbiterError):
     status_code = 503
     code = "overloaded"
+
+
+class ShuttingDown(Overloaded):
+    """The process is draining for shutdown: new turns are refused, running
+    ones are ended after the grace period."""
+
+    code = "shutdown"
 
 
 class StoreError(OrbiterError):

@@ -5,12 +5,19 @@ to the store or the agent itself. With a session the turn holds the
 session's lock, loads its history, stores the user message before the agent
 starts and what the agent produced when it ends, whether it finished,
 failed or was cancelled.
+
+Transports consume a turn through `Run.guarded()`, entered in the task that
+reads the events: it admits the turn against the app's concurrency limit,
+bounds its wall-clock time, ends it when the process drains, and closes the
+event stream in that same task, so the history is written and the session
+lock released where they were taken.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -27,7 +34,6 @@ from .models import (
     Usage,
 )
 from .registry import RegisteredAgent
-from .stores.base import validate_session_id
 
 __all__ = ["Run", "as_agent_error", "start_run"]
 
@@ -83,8 +89,19 @@ class Run:
         self.context = context
         self.agent = agent
         self.input = input
-        self.session_id = validate_session_id(session_id) if session_id is not None else None
+        self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.id = uuid.uuid4().hex
+
+    @asynccontextmanager
+    async def guarded(self) -> AsyncIterator[AsyncGenerator[Event, None]]:
+        """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
+        `ShuttingDown` are raised on leaving when they cut the turn."""
+        with self.context.guard.running():
+            events = self.events()
+            try:
+                yield events
+            finally:
+                await events.aclose()
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
@@ -127,11 +144,13 @@ class Run:
         except Exception as exc:
             raise as_agent_error(exc, agent.name) from exc
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-            transcript.flush()
-            if self.session_id is not None and transcript.messages:
-                with anyio.CancelScope(shield=True):
-                    await self.context.store.append(self.session_id, transcript.messages)
+            try:
+                await stream.aclose()  # type: ignore[attr-defined]
+            finally:  # even when closing the agent fails or is cancelled
+                transcript.flush()
+                if self.session_id is not None and transcript.messages:
+                    with anyio.CancelScope(shield=True):
+                        await self.context.store.append(self.session_id, transcript.messages)
         output = "".join(m.content for m in transcript.messages[answer_start:] if m.role == "assistant")
         yield DoneEvent(
             output=output,
@@ -143,7 +162,18 @@ class Run:
 
 
 def start_run(
-    context: AppContext, agent_name: str | None, input: str, session_id: str | None
+    context: AppContext,
+    agent_name: str | None,
+    input: str,
+    session_id: str | None,
+    *,
+    source: str = "body",
 ) -> Run:
-    """A run of the named (or default) agent; raises before anything is sent."""
-    return Run(context, context.agents.resolve(agent_name), input, session_id)
+    """A run of the named (or default) agent; raises before anything is sent.
+
+    `source` (`body` or `query`) is where a too-long `input` is reported.
+    """
+    context.limits.check_input(input, source)
+    run = Run(context, context.agents.resolve(agent_name), input, session_id)
+    context.guard.admit()  # a 503 now, rather than an error event once streaming
+    return run

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ._codec import Decoder, RequestValidationError, encode
-from ._context import get_context
+from ._context import Limits, get_context
 from ._http import Endpoint, query_params, read_body, read_json, send_json
 from .exceptions import SessionNotFound
 from .models import (
@@ -26,7 +26,7 @@ from .models import (
     ValidationErrorItem,
 )
 from .routing import Operation, Router
-from .stores.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, validate_session_id
+from .stores.base import DEFAULT_PAGE_SIZE
 
 __all__ = ["session_router"]
 
@@ -36,16 +36,16 @@ _messages: Decoder[Message | list[Message]] = Decoder(Message | list[Message])
 
 
 def _session_id(scope: Scope) -> str:
-    return validate_session_id(scope["path_params"]["session_id"])
+    return get_context(scope).limits.check_session_id(scope["path_params"]["session_id"])
 
 
-def _limit(raw: str | None) -> int:
+def _limit(raw: str | None, limits: Limits) -> int:
     if raw is None:
-        return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        return min(DEFAULT_PAGE_SIZE, limits.max_page_size)
+    if not raw.isdigit() or not 1 <= int(raw) <= limits.max_page_size:
         item = ValidationErrorItem(
             loc=["query", "limit"],
-            msg=f"Input should be an integer from 1 to {MAX_PAGE_SIZE}",
+            msg=f"Input should be an integer from 1 to {limits.max_page_size}",
             type="value_error",
         )
         raise RequestValidationError([item])
@@ -58,7 +58,8 @@ class CreateSession(Endpoint):
         body = await read_body(scope, receive, context.limits.max_body_size)
         request = _create.decode(body) if body.strip() else SessionCreate()
         if request.id is not None:
-            validate_session_id(request.id)
+            context.limits.check_session_id(request.id)
+        context.limits.check_depth(request.metadata, "metadata")
         session = await context.store.create(
             agent_name=request.agent_name, metadata=request.metadata, session_id=request.id
         )
@@ -68,9 +69,10 @@ class CreateSession(Endpoint):
 class ListSessions(Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = query_params(scope)
-        limit = _limit(query.get("limit"))
+        context = get_context(scope)
+        limit = _limit(query.get("limit"), context.limits)
         agent_name = query.get("agent_name") or None
-        page = await get_context(scope).store.list(
+        page = await context.store.list(
             agent_name=agent_name, limit=limit, cursor=query.get("cursor") or None
         )
         headers = None
@@ -94,6 +96,7 @@ class UpdateSession(Endpoint):
         context = get_context(scope)
         session_id = _session_id(scope)
         update = await read_json(scope, receive, _update, context.limits.max_body_size)
+        context.limits.check_depth(update.metadata, "metadata")
         session = await context.store.update(
             session_id, agent_name=update.agent_name, metadata=update.metadata
         )
@@ -124,6 +127,9 @@ class AppendMessages(Endpoint):
         session_id = _session_id(scope)
         body = await read_json(scope, receive, _messages, context.limits.max_body_size)
         messages = body if isinstance(body, list) else [body]
+        for message in messages:
+            for call in message.tool_calls or ():
+                context.limits.check_depth(call.arguments, "tool_calls")
         store = context.store
         async with store.lock(session_id):
             stored = await store.append(session_id, messages)

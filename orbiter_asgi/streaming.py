@@ -40,11 +40,12 @@ class StreamEndpoint(Endpoint):
             query.get("agent_name") or None,
             query.get("input", query.get("message", "")),
             query.get("session_id") or None,
+            source="query",
         )
         await send_event_stream(
             receive,
             send,
-            run.events,
+            run.guarded,
             agent_name=run.agent.name,
             heartbeat=context.limits.heartbeat_interval,
         )
@@ -62,6 +63,7 @@ class _Frame(msgspec.Struct):
 
 _frame = msgspec.json.Decoder(_Frame)
 _request = msgspec.json.Decoder(ChatRequest)
+_UNREADABLE = ErrorEvent(error="Invalid message: not UTF-8 JSON of a sane depth", code="bad_request")
 _CANCELLED = ErrorEvent(error="The turn was cancelled", code="cancelled")
 _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"} first", code="busy")
 
@@ -85,8 +87,9 @@ class ChatSocket:
             nonlocal turn
             with scope_:
                 try:
-                    async for event in run.events():
-                        await send_event(event)
+                    async with run.guarded() as events:
+                        async for event in events:
+                            await send_event(event)
                 except Exception as exc:
                     await send_event(error_event(exc, run.agent.name))
             if scope_.cancelled_caught:
@@ -102,7 +105,7 @@ class ChatSocket:
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                if len(data) > context.limits.max_ws_message_size:
+                if _too_big(data, context.limits.max_ws_message_size):
                     await send({"type": "websocket.close", "code": 1009, "reason": "Message too big"})
                     state = _Socket.CLOSED
                     break
@@ -120,12 +123,24 @@ class ChatSocket:
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     await send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
                     continue
+                except (UnicodeDecodeError, RecursionError):
+                    await send_event(_UNREADABLE)
+                    continue
                 except OrbiterError as exc:
                     await send_event(ErrorEvent(error=exc.message, code=exc.code))
                     continue
                 turn = anyio.CancelScope()
                 group.start_soon(run_turn, run, turn)
             group.cancel_scope.cancel()
+
+
+def _too_big(data: str | bytes, limit: int) -> bool:
+    """Past `limit` bytes; text is encoded only when its characters might be."""
+    if len(data) > limit:
+        return True
+    if isinstance(data, str) and len(data) * 4 > limit:
+        return len(data.encode("utf-8", "surrogatepass")) > limit
+    return False
 
 
 def _start(context: AppContext, request: ChatRequest) -> Run:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from ..exceptions import MaxStepsExceeded
+from ..exceptions import MaxStepsExceeded, ProviderError
 from ..models import Message, TextEvent, ToolCall, ToolCallEvent, ToolResultEvent, Usage
 from ..providers.base import InvalidToolCall, ModelRequest
 from .tools import Tool
@@ -116,8 +116,13 @@ async def run_loop(
                     call = ToolCallEvent(id=event.id, name=event.name)
                     calls.append(call)
                     yield call
-                else:
+                elif type(event) is Usage:
                     yield event
+                else:
+                    raise ProviderError(
+                        f"Model provider yielded {type(event).__name__}; "
+                        "expected a text, tool call or usage event"
+                    )
         finally:
             # close the provider's stream now, so a cancelled run ends its HTTP request
             aclose = getattr(events, "aclose", None)

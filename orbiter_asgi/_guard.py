@@ -1,0 +1,139 @@
+"""Admission, deadlines and draining for chat turns.
+
+Each app has one `RunGuard`. A turn is admitted only while fewer than
+`max_concurrent_runs` turns run in the app (beyond that `Overloaded`, a 503
+with `Retry-After`: refusing early beats an unbounded queue), it runs under
+a cancel scope with a wall-clock deadline (`RunTimeout`), and when the
+process drains for shutdown new turns are refused and running ones get the
+grace period before they end with `ShuttingDown`.
+
+`drain_all()` drains every app of the process; the app's lifespan calls it
+from SIGTERM/SIGINT (chained to the server's own handlers), and embedders
+may call `OrbiterApp.drain()` from their own shutdown hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .exceptions import Overloaded, RunTimeout, ShuttingDown
+
+if TYPE_CHECKING:
+    from ._context import Limits
+
+__all__ = ["RunGuard", "drain_all", "drain_on_signals"]
+
+_guards: weakref.WeakSet[RunGuard] = weakref.WeakSet()
+
+
+class RunGuard:
+    """Counts, times and drains the running turns of one app."""
+
+    __slots__ = ("__weakref__", "_drain_at", "_scopes", "draining", "limits")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._scopes: set[anyio.CancelScope] = set()
+        self._drain_at = math.inf
+        self.draining = False
+        _guards.add(self)
+
+    @property
+    def active(self) -> int:
+        """Turns running now."""
+        return len(self._scopes)
+
+    def admit(self) -> None:
+        """Raise unless a new turn may start now."""
+        if self.draining:
+            raise ShuttingDown("The server is shutting down; retry shortly")
+        limit = self.limits.max_concurrent_runs
+        if limit is not None and len(self._scopes) >= limit:
+            raise Overloaded(f"Too many concurrent runs (limit {limit}); retry shortly")
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Admit a turn and bound its wall-clock time; enter it in the task that
+        consumes the turn's events."""
+        self.admit()
+        timeout = self.limits.run_timeout
+        timeout_at = anyio.current_time() + timeout if timeout is not None else math.inf
+        with anyio.CancelScope(deadline=min(timeout_at, self._drain_at)) as scope:
+            self._scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._scopes.discard(scope)
+        if scope.cancelled_caught:
+            if self._drain_at <= timeout_at:
+                raise ShuttingDown("The server shut down before the run finished")
+            raise RunTimeout(f"The run took longer than its {timeout:g} s limit")
+
+    def resume(self) -> None:
+        """Admit turns again, as a fresh lifespan starts."""
+        self.draining = False
+        self._drain_at = math.inf
+
+    def drain(self, grace: float | None = None, *, now: float | None = None) -> None:
+        """Refuse new turns; end running ones `grace` seconds from now
+        (default: the app's `grace_period`).
+
+        Call it from the event loop that runs the turns.
+        """
+        self.draining = True
+        grace = self.limits.grace_period if grace is None else grace
+        now = anyio.current_time() if now is None else now
+        self._drain_at = min(self._drain_at, now + grace)
+        for scope in self._scopes:
+            scope.deadline = min(scope.deadline, self._drain_at)
+
+
+def drain_all(grace: float | None = None, *, now: float | None = None) -> None:
+    """Drain every app of this process (see `RunGuard.drain`)."""
+    for guard in list(_guards):
+        guard.drain(grace, now=now)
+
+
+def drain_on_signals() -> Callable[[], None]:
+    """On SIGTERM or SIGINT, `drain_all()`, then run the handler installed before.
+
+    Servers (uvicorn, hypercorn) install their handlers before the lifespan
+    starts; chaining onto them leaves their graceful shutdown intact while
+    the running turns learn about it. A signal nobody handles keeps its
+    default action. Returns a function that restores the previous handlers.
+    Only the main thread of an asyncio program can do this; elsewhere it is
+    a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return lambda: None
+    chained: dict[int, Callable[..., object]] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(lambda: drain_all(now=loop.time()))
+        chained[signum](signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            chained[signum] = previous
+            signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, previous in chained.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, previous)
+
+    return restore

@@ -1,0 +1,191 @@
+"""API-key authentication as pure ASGI middleware, and CORS.
+
+Both are off by default and installed by `create_app(api_keys=...,
+cors_origins=...)`:
+
+```python
+app = create_app(api_keys=["k-123"], cors_origins=["https://app.example"])
+# curl -H "Authorization: Bearer k-123" ...   or   -H "X-API-Key: k-123"
+```
+
+Keys are compared in constant time (on their SHA-256 digests, so neither
+the content nor the length of a key leaks through timing). HTTP requests
+without a valid key get a 401 with `WWW-Authenticate: Bearer`; a WebSocket
+handshake is refused before it is accepted: with that same 401 when the
+server supports the ASGI WebSocket denial-response extension, else with a
+`websocket.close` (code 1008), which servers answer with a 403.
+
+`/openapi.json` stays public: it describes the API and holds no data, and
+clients and tools are generated from it. Pass `public_paths=()` to lock it
+too. CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) never
+needs a key; browsers do not send one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+import msgspec
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._codec import encode
+from .models import ErrorDetail
+
+__all__ = [
+    "API_KEYS_ENV",
+    "DEFAULT_PUBLIC_PATHS",
+    "APIKeyMiddleware",
+    "cors_middleware",
+    "keys_from_env",
+    "secure_openapi",
+    "security_middleware",
+]
+
+API_KEYS_ENV = "ORBITER_API_KEYS"
+DEFAULT_PUBLIC_PATHS = ("/openapi.json",)
+
+_MISSING = encode(ErrorDetail("Not authenticated: send Authorization: Bearer <key> or X-API-Key"))
+_INVALID = encode(ErrorDetail("Invalid API key"))
+_REF = "#/components/schemas/{name}"
+_CHALLENGE = b'Bearer realm="orbiter"'
+_CHALLENGE_INVALID = b'Bearer realm="orbiter", error="invalid_token"'
+
+
+def keys_from_env(environ: Any = None) -> list[str]:
+    """`ORBITER_API_KEYS`, comma-separated; blanks ignored."""
+    raw = (environ if environ is not None else os.environ).get(API_KEYS_ENV, "")
+    return [key.strip() for key in raw.split(",") if key.strip()]
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class APIKeyMiddleware:
+    """Lets a request through only with one of `api_keys`.
+
+    Accepts `Authorization: Bearer <key>` and `X-API-Key: <key>`. Lifespan
+    events, `public_paths` and CORS preflights pass untouched.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Iterable[str],
+        public_paths: Collection[str] = DEFAULT_PUBLIC_PATHS,
+    ) -> None:
+        self.app = app
+        self._digests = [_digest(key.encode()) for key in api_keys]
+        assert self._digests, "APIKeyMiddleware needs at least one key"
+        self.public_paths = frozenset(public_paths)
+
+    def _presented(self, scope: Scope) -> bytes | None:
+        bearer: bytes | None = None
+        api_key: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    bearer = credentials.strip()
+            elif name == b"x-api-key":
+                api_key = value.strip()
+        return bearer if bearer is not None else api_key
+
+    def _valid(self, presented: bytes) -> bool:
+        digest = _digest(presented)
+        valid = False
+        for known in self._digests:  # no early exit: every key is compared
+            valid |= hmac.compare_digest(digest, known)
+        return valid
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or _app_path(scope) in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        if kind == "http" and scope["method"] == "OPTIONS" and _is_preflight(scope):
+            await self.app(scope, receive, send)
+            return
+        presented = self._presented(scope)
+        if presented is not None and self._valid(presented):
+            await self.app(scope, receive, send)
+            return
+        body, challenge = (_MISSING, _CHALLENGE) if presented is None else (_INVALID, _CHALLENGE_INVALID)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", challenge),
+        ]
+        if kind == "http":
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        elif "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "Not authenticated"})
+
+
+def _app_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _is_preflight(scope: Scope) -> bool:
+    names = {name for name, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
+def cors_middleware(origins: Sequence[str]) -> Middleware:
+    """Starlette's CORS middleware for an allow-list of origins (`["*"]` for any)."""
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+        expose_headers=["X-Next-Cursor", "Link", "Retry-After"],
+    )
+
+
+def security_middleware(
+    api_keys: Sequence[str],
+    cors_origins: Sequence[str],
+    public_paths: Collection[str] = DEFAULT_PUBLIC_PATHS,
+) -> list[Middleware]:
+    """CORS outermost (so a 401 still carries CORS headers), then the key check."""
+    stack: list[Middleware] = []
+    if cors_origins:
+        stack.append(cors_middleware(cors_origins))
+    if api_keys:
+        stack.append(Middleware(APIKeyMiddleware, api_keys=list(api_keys), public_paths=public_paths))
+    return stack
+
+
+def secure_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare the key schemes, require one of them, and document the 401."""
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    if "ErrorDetail" not in schemas:
+        (_,), extra = msgspec.json.schema_components([ErrorDetail], ref_template=_REF)
+        schemas.update(extra)
+    components["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer"},
+        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    document["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    unauthorized = {
+        "description": "Missing or invalid API key",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+    }
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation["responses"].setdefault("401", unauthorized)
+    return document
