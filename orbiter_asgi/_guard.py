@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
+from starlette.types import Receive
 
+from ._disconnect import DisconnectWatch
 from .exceptions import Overloaded, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
@@ -61,19 +63,27 @@ class RunGuard:
             raise Overloaded(f"Too many concurrent runs (limit {limit}); retry shortly")
 
     @contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self, receive: Receive | None = None) -> Iterator[None]:
         """Admit a turn and bound its wall-clock time; enter it in the task that
-        consumes the turn's events."""
+        consumes the turn's events.
+
+        With `receive` (an HTTP request whose body was read) the turn is also
+        cancelled when the client disconnects; it then ends quietly, since
+        nobody is left to tell.
+        """
         self.admit()
         timeout = self.limits.run_timeout
         timeout_at = anyio.current_time() + timeout if timeout is not None else math.inf
         with anyio.CancelScope(deadline=min(timeout_at, self._drain_at)) as scope:
+            watch = DisconnectWatch(receive, scope) if receive is not None else None
             self._scopes.add(scope)
             try:
                 yield
             finally:
                 self._scopes.discard(scope)
-        if scope.cancelled_caught:
+                if watch is not None:
+                    watch.close()
+        if scope.cancelled_caught and not (watch is not None and watch.disconnected):
             if self._drain_at <= timeout_at:
                 raise ShuttingDown("The server shut down before the run finished")
             raise RunTimeout(f"The run took longer than its {timeout:g} s limit")

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -79,26 +78,13 @@ class ChatEndpoint(Endpoint):
             )
             return
         done: DoneEvent | None = None
-
-        async def watch_disconnect() -> None:
-            # the body is read; the next message is the client leaving: cancel the run
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            group.cancel_scope.cancel()
-
-        error: OrbiterError | None = None
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch_disconnect)
-            try:
-                async with run.guarded() as events:
-                    async for event in events:
-                        if type(event) is DoneEvent:
-                            done = event
-            except Exception as exc:  # raised outside the task group, not as a group
-                error = as_agent_error(exc, run.agent.name)
-            group.cancel_scope.cancel()
-        if error is not None:
-            raise error
+        try:
+            async with run.guarded(receive) as events:
+                async for event in events:
+                    if type(event) is DoneEvent:
+                        done = event
+        except Exception as exc:
+            raise as_agent_error(exc, run.agent.name) from exc
         if done is None:
             return  # the client went away; nobody is left to answer
         response = ChatResponse(

@@ -15,11 +15,13 @@ lock released where they were taken.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+from starlette.types import Receive
 
 from ._context import AppContext
 from .exceptions import AgentError, OrbiterError
@@ -36,6 +38,10 @@ from .models import (
 from .registry import RegisteredAgent
 
 __all__ = ["Run", "as_agent_error", "start_run"]
+
+# Run ids: unique across processes (a random prefix) and cheap (a counter).
+_RUN_PREFIX = secrets.token_hex(6)
+_run_numbers = itertools.count(1)
 
 
 def as_agent_error(exc: Exception, agent_name: str) -> OrbiterError:
@@ -90,27 +96,30 @@ class Run:
         self.agent = agent
         self.input = input
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
-        self.id = uuid.uuid4().hex
+        self.id = f"{_RUN_PREFIX}{next(_run_numbers):x}"
 
     @asynccontextmanager
-    async def guarded(self) -> AsyncIterator[AsyncGenerator[Event, None]]:
+    async def guarded(
+        self, receive: Receive | None = None
+    ) -> AsyncIterator[AsyncGenerator[Event, None]]:
         """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
-        `ShuttingDown` are raised on leaving when they cut the turn."""
-        with self.context.guard.running():
+        `ShuttingDown` are raised on leaving when they cut the turn. With
+        `receive`, a client disconnect cancels the turn (see `RunGuard.running`)."""
+        with self.context.guard.running(receive):
             events = self.events()
             try:
                 yield events
             finally:
                 await events.aclose()
 
-    async def events(self) -> AsyncGenerator[Event, None]:
+    def events(self) -> AsyncGenerator[Event, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
         if self.session_id is None:
-            async for event in self._run([]):
-                yield event
-            return
+            return self._run([])
+        return self._session_events(self.session_id)
+
+    async def _session_events(self, session_id: str) -> AsyncGenerator[Event, None]:
         store = self.context.store
-        session_id = self.session_id
         async with store.lock(session_id):
             history = await store.history(session_id, agent_name=self.agent.name)
             await store.append(session_id, [Message(role="user", content=self.input)])
