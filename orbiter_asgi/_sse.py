@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.types import Receive, Send
@@ -20,6 +21,9 @@ from starlette.types import Receive, Send
 from ._codec import encode
 from .exceptions import OrbiterError
 from .models import ErrorEvent, Event
+
+if TYPE_CHECKING:
+    from .runs import RunItem
 
 __all__ = ["SSE_HEADERS", "error_event", "frame", "send_event_stream"]
 
@@ -88,7 +92,7 @@ class _Pending:
 async def send_event_stream(
     receive: Receive,
     send: Send,
-    events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[Event, None]]],
+    events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[RunItem, None]]],
     *,
     agent_name: str,
     heartbeat: float = 15.0,
@@ -108,9 +112,14 @@ async def send_event_stream(
         # HTTP request behind them) in this task, now, not when garbage-collected
         try:
             async with events() as stream:
-                async for event in stream:
-                    event_id += 1
-                    pending.push(frame(event_id, event))
+                async for item in stream:
+                    if type(item) is list:  # ready together: one chunk
+                        first = event_id + 1
+                        event_id += len(item)
+                        pending.push(b"".join(map(frame, range(first, event_id + 1), item)))
+                    else:
+                        event_id += 1
+                        pending.push(frame(event_id, item))  # type: ignore[arg-type]
                     if len(pending.frames) >= _BUFFER:
                         pending.space = space = anyio.Event()
                         await space.wait()

@@ -16,11 +16,11 @@ from typing import Any
 from .exceptions import AgentError, AgentNotFound
 from .models import Message, TextEvent, ToolCallEvent, ToolResultEvent, Usage
 from .runtime.agent import Agent
-from .runtime.loop import AgentEvent
+from .runtime.loop import AgentEvent, AgentItem, run_loop
 
 __all__ = ["AgentRegistry", "RegisteredAgent", "adapt_agent", "registered_agents"]
 
-StreamFn = Callable[[str, Sequence[Message]], AsyncIterator[AgentEvent]]
+StreamFn = Callable[[str, Sequence[Message]], AsyncIterator[AgentItem]]
 
 _EVENT_TYPES = (TextEvent, ToolCallEvent, ToolResultEvent, Usage)
 
@@ -126,9 +126,10 @@ def adapt_agent(target: Any, name: str | None = None) -> RegisteredAgent:
     stream_method = getattr(target, "stream", None)
     run_method = getattr(target, "run", None)
     if type(target) is Agent:
-        # the built-in agent already yields the server's events: no per-event check
-        def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentEvent]:
-            return target.stream(input, messages=messages)
+        # the built-in agent already yields the server's events, batches included:
+        # no per-event check, no adapter layer
+        def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentItem]:
+            return run_loop(target, input, messages)
 
         return RegisteredAgent(name, target, stream)
     if stream_method is not None and callable(stream_method):

@@ -36,8 +36,12 @@ from .models import (
     Usage,
 )
 from .registry import RegisteredAgent
+from .runtime.loop import AgentEvent
 
-__all__ = ["Run", "as_agent_error", "start_run"]
+__all__ = ["Run", "RunItem", "as_agent_error", "start_run"]
+
+RunItem = Event | list[Event]
+"""What a run yields: an event, or a list of events that were ready together."""
 
 # Run ids: unique across processes (a random prefix) and cheap (a counter).
 _RUN_PREFIX = secrets.token_hex(6)
@@ -54,14 +58,29 @@ def as_agent_error(exc: Exception, agent_name: str) -> OrbiterError:
 
 
 class _Transcript:
-    """Turns the agent's events into history messages, as they come."""
+    """Turns the agent's events into history messages, usage and steps, as they come."""
 
-    __slots__ = ("calls", "messages", "text")
+    __slots__ = ("answer_start", "calls", "messages", "steps", "text", "usage")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.text: list[str] = []
         self.calls: list[ToolCall] = []
+        self.usage = Usage()
+        self.steps = 0  # one `Usage` per model call
+        self.answer_start = 0  # the output is the text after the last tool round
+
+    def record(self, event: AgentEvent) -> None:
+        kind = type(event)
+        if kind is TextEvent:
+            self.text.append(event.content)  # type: ignore[union-attr]
+        elif kind is Usage:
+            self.usage += event  # type: ignore[operator]
+            self.steps += 1
+        elif kind is ToolCallEvent:
+            self.calls.append(ToolCall(id=event.id, name=event.name, arguments=event.arguments))  # type: ignore[union-attr]
+        elif kind is ToolResultEvent:
+            self.tool_result(event)  # type: ignore[arg-type]
 
     def flush(self) -> None:
         if self.text or self.calls:
@@ -82,6 +101,11 @@ class _Transcript:
                 is_error=event.is_error,
             )
         )
+        self.answer_start = len(self.messages)
+
+    def output(self) -> str:
+        self.flush()
+        return "".join(m.content for m in self.messages[self.answer_start :] if m.role == "assistant")
 
 
 class Run:
@@ -101,7 +125,7 @@ class Run:
     @asynccontextmanager
     async def guarded(
         self, receive: Receive | None = None
-    ) -> AsyncIterator[AsyncGenerator[Event, None]]:
+    ) -> AsyncIterator[AsyncGenerator[RunItem, None]]:
         """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
         `ShuttingDown` are raised on leaving when they cut the turn. With
         `receive`, a client disconnect cancels the turn (see `RunGuard.running`)."""
@@ -112,13 +136,13 @@ class Run:
             finally:
                 await events.aclose()
 
-    def events(self) -> AsyncGenerator[Event, None]:
+    def events(self) -> AsyncGenerator[RunItem, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
         if self.session_id is None:
             return self._run([])
         return self._session_events(self.session_id)
 
-    async def _session_events(self, session_id: str) -> AsyncGenerator[Event, None]:
+    async def _session_events(self, session_id: str) -> AsyncGenerator[RunItem, None]:
         store = self.context.store
         async with store.lock(session_id):
             history = await store.history(session_id, agent_name=self.agent.name)
@@ -126,30 +150,24 @@ class Run:
             async for event in self._run(history):
                 yield event
 
-    async def _run(self, history: list[Message]) -> AsyncGenerator[Event, None]:
+    async def _run(self, history: list[Message]) -> AsyncGenerator[RunItem, None]:
         agent = self.agent
         transcript = _Transcript()
-        usage = Usage()
-        steps = 0
-        answer_start = 0  # the output is the text after the last tool round
+        record = transcript.record
         stream = agent.stream(self.input, history)
         try:
-            async for event in stream:
-                kind = type(event)
-                if kind is TextEvent:
-                    transcript.text.append(event.content)  # type: ignore[union-attr]
-                elif kind is Usage:
-                    usage += event  # type: ignore[operator]
-                    steps += 1
-                    continue
-                elif kind is ToolCallEvent:
-                    transcript.calls.append(
-                        ToolCall(id=event.id, name=event.name, arguments=event.arguments)  # type: ignore[union-attr]
-                    )
-                elif kind is ToolResultEvent:
-                    transcript.tool_result(event)  # type: ignore[arg-type]
-                    answer_start = len(transcript.messages)
-                yield event  # type: ignore[misc]
+            async for item in stream:
+                if type(item) is list:  # events that were ready together stay together
+                    for event in item:
+                        record(event)
+                    batch = [e for e in item if type(e) is not Usage]
+                    if batch:
+                        yield batch  # type: ignore[misc]
+                elif type(item) is Usage:
+                    record(item)
+                else:
+                    record(item)  # type: ignore[arg-type]
+                    yield item  # type: ignore[misc]
         except Exception as exc:
             raise as_agent_error(exc, agent.name) from exc
         finally:
@@ -160,13 +178,12 @@ class Run:
                 if self.session_id is not None and transcript.messages:
                     with anyio.CancelScope(shield=True):
                         await self.context.store.append(self.session_id, transcript.messages)
-        output = "".join(m.content for m in transcript.messages[answer_start:] if m.role == "assistant")
         yield DoneEvent(
-            output=output,
+            output=transcript.output(),
             agent_name=agent.name,
             session_id=self.session_id,
-            steps=max(steps, 1),
-            usage=usage,
+            steps=max(transcript.steps, 1),
+            usage=transcript.usage,
         )
 
 

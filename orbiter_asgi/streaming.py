@@ -88,8 +88,12 @@ class ChatSocket:
             with scope_:
                 try:
                     async with run.guarded() as events:
-                        async for event in events:
-                            await send_event(event)
+                        async for item in events:
+                            if type(item) is list:  # one message per event, still
+                                for event in item:
+                                    await send_event(event)
+                            else:
+                                await send_event(item)  # type: ignore[arg-type]
                 except Exception as exc:
                     await send_event(error_event(exc, run.agent.name))
             if scope_.cancelled_caught:

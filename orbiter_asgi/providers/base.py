@@ -5,8 +5,11 @@ turns one `ModelRequest` into an async stream of `TextEvent` deltas, complete
 `ToolCallEvent`s (arguments already assembled and parsed) and one `Usage` at
 the end of the call. A tool call whose arguments are not a JSON object comes
 as an `InvalidToolCall`, so the loop can answer the model with an error
-result instead of failing the run. It owns its HTTP connection pool and closes it in
-`aclose()`.
+result instead of failing the run. Events that are ready at once (all those
+parsed from one network read, or all of an `echo` answer) may come as one
+list, in order: every layer above passes the list on whole, so a batch costs
+one hop per layer instead of one per event. It owns its HTTP connection pool
+and closes it in `aclose()`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import msgspec
 
 from ..models import Message, TextEvent, ToolCallEvent, Usage
 
-__all__ = ["InvalidToolCall", "ModelEvent", "ModelRequest", "Provider", "ToolSpec"]
+__all__ = ["InvalidToolCall", "ModelEvent", "ModelItem", "ModelRequest", "Provider", "ToolSpec"]
 
 
 class ToolSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -52,12 +55,13 @@ class InvalidToolCall(msgspec.Struct, kw_only=True, frozen=True):
 
 
 ModelEvent = TextEvent | ToolCallEvent | InvalidToolCall | Usage
+ModelItem = ModelEvent | list[ModelEvent]  # what `Provider.stream` yields
 
 
 @runtime_checkable
 class Provider(Protocol):
     """Streams one completion. Implementations take keyword-only options."""
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelItem]: ...
 
     async def aclose(self) -> None: ...

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import anyio
 
 from ..models import TextEvent, Usage
-from .base import ModelEvent, ModelRequest
+from .base import ModelItem, ModelRequest
 
 __all__ = ["EchoProvider", "split_words"]
 
@@ -31,7 +31,7 @@ class EchoProvider:
     def __init__(self, *, delay: float | str = 0.0) -> None:
         self.delay = float(delay)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelItem]:
         prompt = ""
         for message in reversed(request.messages):
             if message.role == "user":
@@ -39,10 +39,12 @@ class EchoProvider:
                 break
         chunks = split_words(prompt)
         delay = self.delay
-        for chunk in chunks:
-            if delay:
+        if delay:
+            for chunk in chunks:
                 await anyio.sleep(delay)
-            yield TextEvent(chunk)
+                yield TextEvent(chunk)
+        elif chunks:
+            yield [TextEvent(chunk) for chunk in chunks]  # all ready at once: one batch
         # the prompt is already split: count it from `chunks`, not a second regex pass
         input_tokens = sum(
             len(chunks) if m.content is prompt else len(split_words(m.content))

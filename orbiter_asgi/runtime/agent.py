@@ -79,9 +79,16 @@ class Agent:
             return self.provider, split_model(self.model)[1]
         return get_provider(self.model)
 
-    def stream(self, input: str, *, messages: Sequence[Message] = ()) -> AsyncIterator[AgentEvent]:
+    async def stream(
+        self, input: str, *, messages: Sequence[Message] = ()
+    ) -> AsyncIterator[AgentEvent]:
         """Events of one run: text, tool calls and results, and usage per step."""
-        return run_loop(self, input, messages)
+        async for item in run_loop(self, input, messages):
+            if type(item) is list:
+                for event in item:
+                    yield event
+            else:
+                yield item  # type: ignore[misc]
 
     async def run(self, input: str, *, messages: Sequence[Message] = ()) -> AgentResult:
         """Run to the end and return the final answer."""

@@ -19,15 +19,16 @@ import msgspec
 
 from ..exceptions import MaxStepsExceeded, ProviderError
 from ..models import Message, TextEvent, ToolCall, ToolCallEvent, ToolResultEvent, Usage
-from ..providers.base import InvalidToolCall, ModelRequest
+from ..providers.base import InvalidToolCall, ModelEvent, ModelRequest
 from .tools import Tool
 
 if TYPE_CHECKING:
     from .agent import Agent
 
-__all__ = ["AgentEvent", "run_loop"]
+__all__ = ["AgentEvent", "AgentItem", "run_loop"]
 
 AgentEvent = TextEvent | ToolCallEvent | ToolResultEvent | Usage
+AgentItem = AgentEvent | list[AgentEvent]  # a list: events that were ready together
 
 _encode = msgspec.json.Encoder().encode
 
@@ -81,10 +82,43 @@ async def _call_tools(
     return [r for r in results if r is not None]
 
 
+class _Step:
+    """What one model call said so far: its text and its tool calls."""
+
+    __slots__ = ("calls", "invalid", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: list[ToolCallEvent] = []
+        self.invalid: dict[str, InvalidToolCall] = {}
+
+    def accept(self, event: ModelEvent) -> AgentEvent:
+        """Record `event`; returns what the loop passes on for it."""
+        # exact type checks: the hot path of every streamed token
+        kind = type(event)
+        if kind is TextEvent:
+            self.text.append(event.content)  # type: ignore[union-attr]
+            return event  # type: ignore[return-value]
+        if kind is ToolCallEvent:
+            self.calls.append(event)  # type: ignore[arg-type]
+            return event  # type: ignore[return-value]
+        if kind is Usage:
+            return event  # type: ignore[return-value]
+        if isinstance(event, InvalidToolCall):
+            self.invalid[event.id] = event
+            call = ToolCallEvent(id=event.id, name=event.name)
+            self.calls.append(call)
+            return call
+        raise ProviderError(
+            f"Model provider yielded {kind.__name__}; expected a text, tool call or usage event"
+        )
+
+
 async def run_loop(
     agent: Agent, input: str, messages: Sequence[Message]
-) -> AsyncIterator[AgentEvent]:
-    """Run `agent` on `input` after `messages`; yields events as they come."""
+) -> AsyncIterator[AgentItem]:
+    """Run `agent` on `input` after `messages`; yields events as they come,
+    and lists of the events that came together."""
     provider, model_name = agent.provider_and_model()
     history = [*messages, Message(role="user", content=input)]
     tools = agent.tool_map
@@ -98,42 +132,26 @@ async def run_loop(
             temperature=agent.temperature,
             max_tokens=agent.max_tokens,
         )
-        text: list[str] = []
-        calls: list[ToolCallEvent] = []
-        invalid: dict[str, InvalidToolCall] = {}
+        step = _Step()
         events = provider.stream(request)
         try:
-            async for event in events:
-                # exact type checks: the hot path of every streamed token
-                if type(event) is TextEvent:
-                    text.append(event.content)
-                    yield event
-                elif type(event) is ToolCallEvent:
-                    calls.append(event)
-                    yield event
-                elif isinstance(event, InvalidToolCall):
-                    invalid[event.id] = event
-                    call = ToolCallEvent(id=event.id, name=event.name)
-                    calls.append(call)
-                    yield call
-                elif type(event) is Usage:
-                    yield event
+            async for item in events:
+                if type(item) is list:
+                    yield [step.accept(event) for event in item]
                 else:
-                    raise ProviderError(
-                        f"Model provider yielded {type(event).__name__}; "
-                        "expected a text, tool call or usage event"
-                    )
+                    yield step.accept(item)  # type: ignore[arg-type]
         finally:
             # close the provider's stream now, so a cancelled run ends its HTTP request
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+        calls, invalid = step.calls, step.invalid
         if not calls:
             return
         history.append(
             Message(
                 role="assistant",
-                content="".join(text),
+                content="".join(step.text),
                 tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls],
             )
         )
