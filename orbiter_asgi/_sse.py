@@ -1,26 +1,27 @@
-"""Server-Sent Events: framing and the pump that drives one stream.
+"""Server-Sent Events: framing, and the pump that sends one run as a stream.
 
-The run is produced in its own task, which encodes each event into a small
-buffer and yields to the event loop only when the run itself waits or the
-buffer is full; the response side sends whatever is ready in one write
-(events that arrive together are coalesced), heartbeats a stream that stayed
-silent with a comment, and cancels the run when the client goes away
-(`http.disconnect`, or `OSError` from `send` under ASGI 2.4).
+The run is consumed in the request's own task and each item it yields is
+written at once: one event, or all the events that were ready together (the
+run passes those as one list), in one write. `send` blocking on a slow client
+blocks the run, which is ASGI backpressure with nothing buffered. A silent
+stream gets a comment heartbeat from a timer, which starts a task only when
+the stream has been idle for a whole interval. The client going away
+(`OSError` from `send` under ASGI 2.4, or `http.disconnect` seen by the run's
+guard) ends the run.
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
-import anyio
-from starlette.types import Receive, Send
+from starlette.types import Send
 
 from ._codec import encode
 from .exceptions import OrbiterError
-from .models import ErrorEvent, Event
+from .models import DoneEvent, ErrorEvent, Event
 
 if TYPE_CHECKING:
     from .runs import RunItem
@@ -34,9 +35,6 @@ SSE_HEADERS = [
 ]
 HEARTBEAT = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
-
-_BUFFER = 64
-
 
 def frame(event_id: int, event: Event) -> bytes:
     # msgspec escapes CR and LF inside strings, so one `data:` line is always
@@ -59,110 +57,102 @@ def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
     return ErrorEvent(error=f"Agent {agent_name!r} failed: {type(exc).__name__}", code="agent_error")
 
 
-class _Pending:
-    """Frames the producer has encoded and the writer has not sent yet.
+class _Writer:
+    """Writes body chunks, and heartbeats between them while the run is silent."""
 
-    The producer never yields to the event loop on its own account: it fills
-    `frames` until the run itself waits (a model call, a delay) or the batch
-    is full, so the writer wakes once per batch, not once per event.
-    """
+    __slots__ = ("_handle", "_interval", "_loop", "_ping", "_send", "_writing", "last_write")
 
-    __slots__ = ("finished", "frames", "space", "wake")
+    def __init__(self, send: Send, interval: float | None) -> None:
+        self._send = send
+        self._interval = interval
+        self._ping: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._writing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if interval is not None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio (trio): no heartbeats
+                return
+            self.last_write = self._loop.time()
+            self._handle = self._loop.call_later(interval, self._tick)
 
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.finished = False
-        self.wake: anyio.Event | None = None  # set while the writer waits for frames
-        self.space: anyio.Event | None = None  # set while the producer waits for room
+    def _tick(self) -> None:
+        assert self._loop is not None and self._interval is not None
+        idle = self._loop.time() - self.last_write
+        if idle >= self._interval and not self._writing and self._ping is None:
+            self._ping = self._loop.create_task(self._send_ping())
+            idle = 0.0
+        self._handle = self._loop.call_later(max(self._interval - idle, 0.001), self._tick)
 
-    def push(self, data: bytes) -> None:
-        self.frames.append(data)
-        if self.wake is not None:
-            self.wake.set()
-            self.wake = None
+    async def _send_ping(self) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+        except OSError:
+            pass  # the client is gone; the next write says so to the pump
+        finally:
+            self._ping = None
+            if self._loop is not None:
+                self.last_write = self._loop.time()
 
-    def take(self) -> list[bytes]:
-        frames, self.frames = self.frames, []
-        if self.space is not None:
-            self.space.set()
-            self.space = None
-        return frames
+    async def write(self, body: bytes, more_body: bool = True) -> None:
+        if self._ping is not None:  # never two sends at once
+            await asyncio.shield(self._ping)
+        self._writing = True
+        try:
+            await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+        finally:
+            self._writing = False
+            if self._loop is not None:
+                self.last_write = self._loop.time()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._ping is not None:
+            self._ping.cancel()
 
 
 async def send_event_stream(
-    receive: Receive,
     send: Send,
     events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[RunItem, None]]],
     *,
     agent_name: str,
-    heartbeat: float = 15.0,
+    heartbeat: float | None = 15.0,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Respond with the events of `events()` as SSE, ending with `[DONE]`.
+    """Respond with the items of `events()` (e.g. `Run.guarded`) as SSE, ending with `[DONE]`.
 
-    `events()` (e.g. `Run.guarded`) is entered in the producer task, which
-    also closes it, cancelled or not.
+    The run's generator is entered and closed here, in the request's task, so
+    a client that leaves closes the run (and the model request behind it) now.
     """
-    pending = _Pending()
-    beats = bool(heartbeat) and not math.isinf(heartbeat)
-
-    async def produce() -> None:
-        event_id = 0
-        # entered here, so a cancelled run closes its generators (and the model's
-        # HTTP request behind them) in this task, now, not when garbage-collected
-        try:
-            async with events() as stream:
-                async for item in stream:
-                    if type(item) is list:  # ready together: one chunk
-                        first = event_id + 1
-                        event_id += len(item)
-                        pending.push(b"".join(map(frame, range(first, event_id + 1), item)))
-                    else:
-                        event_id += 1
-                        pending.push(frame(event_id, item))  # type: ignore[arg-type]
-                    if len(pending.frames) >= _BUFFER:
-                        pending.space = space = anyio.Event()
-                        await space.wait()
-        except Exception as exc:
-            pending.push(frame(event_id + 1, error_event(exc, agent_name)))
-        pending.finished = True
-        pending.push(DONE)
-
-    async def watch_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        group.cancel_scope.cancel()
-
     await send(
         {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}
     )
+    writer = _Writer(send, heartbeat if heartbeat and heartbeat != float("inf") else None)
+    event_id = 0
+    last = b""
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch_disconnect)
-            group.start_soon(produce)
-            while True:
-                if not pending.frames:
-                    pending.wake = wake = anyio.Event()
-                    if beats:
-                        with anyio.move_on_after(heartbeat):
-                            await wake.wait()
+        try:
+            async with events() as stream:
+                async for item in stream:
+                    if type(item) is list:  # ready together: one write
+                        first = event_id + 1
+                        event_id += len(item)
+                        await writer.write(b"".join(map(frame, range(first, event_id + 1), item)))
+                    elif type(item) is DoneEvent:  # always last: goes out with [DONE]
+                        event_id += 1
+                        last = frame(event_id, item)
                     else:
-                        await wake.wait()
-                    if not pending.frames:  # silent for `heartbeat` seconds
-                        pending.wake = None
-                        await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                        continue
-                finished = pending.finished
-                frames = pending.take()
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": frames[0] if len(frames) == 1 else b"".join(frames),
-                        "more_body": not finished,
-                    }
-                )
-                if finished:
-                    break
-            group.cancel_scope.cancel()
-    except* OSError:
-        pass  # the client went away mid-send; leaving the task group cancelled the run
+                        event_id += 1
+                        await writer.write(frame(event_id, item))  # type: ignore[arg-type]
+        except OSError:
+            raise  # from `send`: the client left
+        except Exception as exc:
+            last = frame(event_id + 1, error_event(exc, agent_name))
+        if last:  # a run ends with `done` or an error, unless its client left
+            await writer.write(last + DONE, more_body=False)
+    except OSError:
+        pass  # the client went away mid-send; leaving `events()` closed the run
+    finally:
+        writer.close()

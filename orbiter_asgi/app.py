@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -70,9 +71,8 @@ class ChatEndpoint(Endpoint):
         run = start_run(context, request.agent_name, request.input, request.session_id)
         if request.stream:
             await send_event_stream(
-                receive,
                 send,
-                run.guarded,
+                partial(run.guarded, receive),
                 agent_name=run.agent.name,
                 heartbeat=context.limits.heartbeat_interval,
             )

@@ -9,6 +9,7 @@ one connection for many turns: each text (or binary) frame is a
 from __future__ import annotations
 
 import enum
+from functools import partial
 
 import anyio
 import msgspec
@@ -43,9 +44,8 @@ class StreamEndpoint(Endpoint):
             source="query",
         )
         await send_event_stream(
-            receive,
             send,
-            run.guarded,
+            partial(run.guarded, receive),
             agent_name=run.agent.name,
             heartbeat=context.limits.heartbeat_interval,
         )
