@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import Receive
 
-from ._disconnect import DisconnectWatch
+from ._watch import TurnWatch, now
 from .exceptions import Overloaded, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
@@ -73,17 +73,18 @@ class RunGuard:
         """
         self.admit()
         timeout = self.limits.run_timeout
-        timeout_at = anyio.current_time() + timeout if timeout is not None else math.inf
-        with anyio.CancelScope(deadline=min(timeout_at, self._drain_at)) as scope:
-            watch = DisconnectWatch(receive, scope) if receive is not None else None
+        timeout_at = now() + timeout if timeout is not None else math.inf
+        # the deadline is armed by the watch once the turn has run a little: most
+        # turns end before, and a deadline costs a timer inside anyio's scope
+        with anyio.CancelScope(deadline=self._drain_at) as scope:
+            watch = TurnWatch(scope, timeout_at, receive)
             self._scopes.add(scope)
             try:
                 yield
             finally:
                 self._scopes.discard(scope)
-                if watch is not None:
-                    watch.close()
-        if scope.cancelled_caught and not (watch is not None and watch.disconnected):
+                watch.close()
+        if scope.cancelled_caught and not watch.disconnected:
             if self._drain_at <= timeout_at:
                 raise ShuttingDown("The server shut down before the run finished")
             raise RunTimeout(f"The run took longer than its {timeout:g} s limit")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
+from types import TracebackType
 
 import anyio
 from starlette.types import Receive
@@ -82,6 +82,20 @@ class _Transcript:
         elif kind is ToolResultEvent:
             self.tool_result(event)  # type: ignore[arg-type]
 
+    def record_many(self, events: list[AgentEvent]) -> list[Event]:
+        """`record` a batch; returns it without the `Usage` entries (not for clients)."""
+        append = self.text.append
+        usage_seen = False
+        for event in events:
+            if type(event) is TextEvent:
+                append(event.content)
+            else:
+                usage_seen = usage_seen or type(event) is Usage
+                self.record(event)
+        if usage_seen:
+            return [e for e in events if type(e) is not Usage]  # type: ignore[misc]
+        return events  # type: ignore[return-value]
+
     def flush(self) -> None:
         if self.text or self.calls:
             self.messages.append(
@@ -122,19 +136,11 @@ class Run:
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.id = f"{_RUN_PREFIX}{next(_run_numbers):x}"
 
-    @asynccontextmanager
-    async def guarded(
-        self, receive: Receive | None = None
-    ) -> AsyncIterator[AsyncGenerator[RunItem, None]]:
+    def guarded(self, receive: Receive | None = None) -> _Guarded:
         """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
         `ShuttingDown` are raised on leaving when they cut the turn. With
         `receive`, a client disconnect cancels the turn (see `RunGuard.running`)."""
-        with self.context.guard.running(receive):
-            events = self.events()
-            try:
-                yield events
-            finally:
-                await events.aclose()
+        return _Guarded(self, receive)
 
     def events(self) -> AsyncGenerator[RunItem, None]:
         """Text, tool and done events; failures raise `OrbiterError`."""
@@ -158,11 +164,9 @@ class Run:
         try:
             async for item in stream:
                 if type(item) is list:  # events that were ready together stay together
-                    for event in item:
-                        record(event)
-                    batch = [e for e in item if type(e) is not Usage]
+                    batch = transcript.record_many(item)
                     if batch:
-                        yield batch  # type: ignore[misc]
+                        yield batch
                 elif type(item) is Usage:
                     record(item)
                 else:
@@ -185,6 +189,40 @@ class Run:
             steps=max(transcript.steps, 1),
             usage=transcript.usage,
         )
+
+
+class _Guarded:
+    """`async with run.guarded() as events:` (a class: this is on every turn's path)."""
+
+    __slots__ = ("_events", "_receive", "_run", "_running")
+
+    def __init__(self, run: Run, receive: Receive | None) -> None:
+        self._run = run
+        self._receive = receive
+
+    async def __aenter__(self) -> AsyncGenerator[RunItem, None]:
+        self._running = self._run.context.guard.running(self._receive)
+        self._running.__enter__()
+        try:
+            self._events = self._run.events()
+        except BaseException:
+            self._running.__exit__(None, None, None)
+            raise
+        return self._events
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        try:
+            await self._events.aclose()
+        except BaseException as error:
+            if self._running.__exit__(type(error), error, error.__traceback__):
+                return True
+            raise
+        return self._running.__exit__(exc_type, exc, traceback)
 
 
 def start_run(

@@ -33,7 +33,8 @@ PROVIDERS: dict[str, str] = {
     "anthropic": "orbiter_asgi.providers.anthropic:AnthropicProvider",
 }
 
-_instances: dict[str, Provider] = {}
+_instances: dict[str, Provider] = {}  # by prefix and options
+_by_model: dict[str, tuple[Provider, str]] = {}  # every turn asks: a dict hit, no parsing
 
 
 def split_model(model: str) -> tuple[str, str, dict[str, str]]:
@@ -58,18 +59,23 @@ def _load(prefix: str) -> type[Provider]:
 
 def get_provider(model: str) -> tuple[Provider, str]:
     """The shared provider for a model string, and the model name to send it."""
+    found = _by_model.get(model)
+    if found is not None:
+        return found
     prefix, name, options = split_model(model)
     key = f"{prefix}?{sorted(options.items())}" if options else prefix
     provider = _instances.get(key)
     if provider is None:
         provider_class = _load(prefix)
         provider = _instances[key] = provider_class(**options)
-    return provider, name
+    found = _by_model[model] = (provider, name)
+    return found
 
 
 async def aclose_providers() -> None:
     """Close every shared provider; they reopen lazily if used again."""
     providers = list(_instances.values())
     _instances.clear()
+    _by_model.clear()
     for provider in providers:
         await provider.aclose()

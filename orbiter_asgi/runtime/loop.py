@@ -113,6 +113,21 @@ class _Step:
             f"Model provider yielded {kind.__name__}; expected a text, tool call or usage event"
         )
 
+    def accept_many(self, events: list[ModelEvent]) -> list[AgentEvent]:
+        """`accept` for a batch, with text (nearly all of it) handled inline."""
+        out: list[AgentEvent] = events  # type: ignore[assignment]  # copied only if changed
+        append = self.text.append
+        for index, event in enumerate(events):
+            if type(event) is TextEvent:
+                append(event.content)
+                continue
+            accepted = self.accept(event)
+            if accepted is not event:
+                if out is events:
+                    out = list(events)  # type: ignore[arg-type]
+                out[index] = accepted
+        return out
+
 
 async def run_loop(
     agent: Agent, input: str, messages: Sequence[Message]
@@ -137,7 +152,7 @@ async def run_loop(
         try:
             async for item in events:
                 if type(item) is list:
-                    yield [step.accept(event) for event in item]
+                    yield step.accept_many(item)
                 else:
                     yield step.accept(item)  # type: ignore[arg-type]
         finally:
