@@ -26,7 +26,7 @@ from .models import DoneEvent, ErrorEvent, Event
 if TYPE_CHECKING:
     from .runs import RunItem
 
-__all__ = ["SSE_HEADERS", "error_event", "frame", "send_event_stream"]
+__all__ = ["SSE_HEADERS", "error_event", "frame", "frames", "send_event_stream"]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -36,19 +36,30 @@ SSE_HEADERS = [
 HEARTBEAT = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
 
-def frame(event_id: int, event: Event) -> bytes:
+def _escape_separators(chunk: bytes) -> bytes:
     # msgspec escapes CR and LF inside strings, so one `data:` line is always
     # enough for an SSE parser; U+0085, U+2028 and U+2029 it leaves raw, and
     # line readers that split like str.splitlines (httpx's `aiter_lines`, as in
     # the guide's client) would cut the line there, so those are escaped too.
-    payload = encode(event)
-    if b"\xe2\x80" in payload or b"\xc2\x85" in payload:
-        payload = (
-            payload.replace(b"\xe2\x80\xa8", b"\\u2028")
+    # Those bytes occur only inside JSON strings, so a whole chunk is escaped at once.
+    if b"\xe2\x80" in chunk or b"\xc2\x85" in chunk:
+        chunk = (
+            chunk.replace(b"\xe2\x80\xa8", b"\\u2028")
             .replace(b"\xe2\x80\xa9", b"\\u2029")
             .replace(b"\xc2\x85", b"\\u0085")
         )
-    return b"id: %d\ndata: %b\n\n" % (event_id, payload)
+    return chunk
+
+
+def frame(event_id: int, event: Event) -> bytes:
+    """One event as an SSE frame: `id: N` and one `data:` line."""
+    return _escape_separators(b"id: %d\ndata: %b\n\n" % (event_id, encode(event)))
+
+
+def frames(first_id: int, events: list[Event]) -> bytes:
+    """Events that were ready together, numbered from `first_id`, as one chunk."""
+    chunk = b"".join([b"id: %d\ndata: %b\n\n" % (n, encode(e)) for n, e in enumerate(events, first_id)])
+    return _escape_separators(chunk)
 
 
 def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
@@ -137,9 +148,9 @@ async def send_event_stream(
             async with events() as stream:
                 async for item in stream:
                     if type(item) is list:  # ready together: one write
-                        first = event_id + 1
+                        chunk = frames(event_id + 1, item)
                         event_id += len(item)
-                        await writer.write(b"".join(map(frame, range(first, event_id + 1), item)))
+                        await writer.write(chunk)
                     elif type(item) is DoneEvent:  # always last: goes out with [DONE]
                         event_id += 1
                         last = frame(event_id, item)
