@@ -113,6 +113,9 @@ def error_body(exc: OrbiterError) -> bytes:
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+_INTERNAL_ERROR = b'{"detail":"Internal Server Error"}'
+
+
 class Endpoint:
     """An ASGI endpoint that renders `OrbiterError` as `{"detail": ...}`.
 
@@ -136,6 +139,12 @@ class Endpoint:
                 raise
             extra = [(b"retry-after", b"1")] if exc.status_code == 503 else None
             await send_json(send, error_body(exc), exc.status_code, extra)
+        except Exception:
+            # a bug: answer like Starlette's ServerErrorMiddleware would (the app may
+            # call this endpoint without it), then let the server log it
+            if not started:
+                await send_json(send, _INTERNAL_ERROR, 500)
+            raise
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError

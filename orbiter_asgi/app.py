@@ -173,6 +173,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         self.version = version
         self.operations: list[Operation] = []
         self._openapi: bytes | None = None
+        self._direct_routes: dict[tuple[str, str], Endpoint] | None = None
         self._user_lifespan = lifespan
         super().__init__(
             debug=debug,
@@ -222,7 +223,35 @@ class OrbiterApp(MethodDecorators, Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.context
+        if scope["type"] == "http" and self._direct is not None:
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            endpoint = self._direct.get((scope["method"], path))
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    @property
+    def _direct(self) -> dict[tuple[str, str], Endpoint] | None:
+        """Our own endpoints on fixed paths, called without Starlette's middleware
+        and route scan when nothing sits in between (they render their own errors);
+        None as soon as any middleware is configured."""
+        if self.user_middleware:
+            return None
+        if self._direct_routes is None:
+            table: dict[tuple[str, str], Endpoint] = {}
+            for route in self.router.routes:
+                if not isinstance(route, Route) or "{" in route.path:
+                    continue
+                if isinstance(route.endpoint, Endpoint):
+                    for method in route.methods or ():
+                        table.setdefault((method, route.path), route.endpoint)
+            self._direct_routes = table
+        return self._direct_routes
 
     def openapi(self) -> bytes:
         if self._openapi is None:
@@ -241,6 +270,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         self.router.routes.extend(merged.routes)
         self.operations.extend(merged.operations)
         self._openapi = None
+        self._direct_routes = None
 
     def api_route(
         self, path: str, *, methods: Sequence[str], status_code: int = 200, summary: str | None = None
