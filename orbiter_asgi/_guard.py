@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import Receive
 
-from ._watch import TurnWatch, now
+from ._watch import Turn, TurnWatcher, now
 from .exceptions import Overloaded, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
@@ -40,11 +40,12 @@ _guards: weakref.WeakSet[RunGuard] = weakref.WeakSet()
 class RunGuard:
     """Counts, times and drains the running turns of one app."""
 
-    __slots__ = ("__weakref__", "_drain_at", "_scopes", "draining", "limits")
+    __slots__ = ("__weakref__", "_drain_at", "_scopes", "_watcher", "draining", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._scopes: set[anyio.CancelScope] = set()
+        self._watcher = TurnWatcher()
         self._drain_at = math.inf
         self.draining = False
         _guards.add(self)
@@ -73,18 +74,20 @@ class RunGuard:
         """
         self.admit()
         timeout = self.limits.run_timeout
-        timeout_at = now() + timeout if timeout is not None else math.inf
-        # the deadline is armed by the watch once the turn has run a little: most
+        started = now()
+        timeout_at = started + timeout if timeout is not None else math.inf
+        # the deadline is armed by the watcher once the turn has run a little: most
         # turns end before, and a deadline costs a timer inside anyio's scope
         with anyio.CancelScope(deadline=self._drain_at) as scope:
-            watch = TurnWatch(scope, timeout_at, receive)
+            turn = Turn(scope, started, timeout_at, receive)
+            self._watcher.add(turn)
             self._scopes.add(scope)
             try:
                 yield
             finally:
                 self._scopes.discard(scope)
-                watch.close()
-        if scope.cancelled_caught and not watch.disconnected:
+                self._watcher.discard(turn)
+        if scope.cancelled_caught and not turn.disconnected:
             if self._drain_at <= timeout_at:
                 raise ShuttingDown("The server shut down before the run finished")
             raise RunTimeout(f"The run took longer than its {timeout:g} s limit")

@@ -243,6 +243,18 @@ async def test_run_timeout_is_504_for_json_and_an_event_for_sse() -> None:
     assert app.context.guard.active == 0
 
 
+@pytest.mark.parametrize("timeout", [0.005, 0.05])
+async def test_timeouts_shorter_and_longer_than_the_arming_delay_both_hold(timeout: float) -> None:
+    # deadlines are armed lazily, ARM_AFTER (20 ms) into a turn, unless sooner
+    gate = Gate()
+    app = create_app(agents=[gate], run_timeout=timeout)
+    async with client_for(app) as client:
+        with anyio.fail_after(5):
+            chat = await client.post("/chat", json={"input": "hi"})
+    assert chat.status_code == 504
+    assert app.context.guard.active == 0
+
+
 def test_websocket_turn_timeout_is_an_error_event_and_the_socket_lives_on() -> None:
     gate = Gate()
     app = create_app(agents=[gate, Agent("assistant")], run_timeout=0.2)
