@@ -2,8 +2,8 @@
 
 No framework: a dict from (method, path) to a coroutine, msgspec structs
 with encoders and decoders built once, constant bytes pre-encoded, and SSE
-events that are ready together written in one `send` (at most 64 per write,
-the same batch bound `orbiter_asgi` uses). It serves the same contract as
+events that are ready together written in one `send` (as `orbiter_asgi`
+does: all the words of an undelayed echo answer are ready at once). It serves the same contract as
 `orbiter_asgi` for these routes, including in-memory sessions, but none of
 its other behaviour (heartbeats, disconnect watching, error shapes beyond
 the few below).
@@ -24,7 +24,6 @@ __all__ = ["app"]
 DELAY = float(os.environ.get("BENCH_ECHO_DELAY") or 0)
 AGENT = "assistant"
 _WORD = re.compile(r"\s*\S+\s*|\s+")
-_BATCH = 64
 
 
 class Usage(msgspec.Struct):
@@ -161,9 +160,6 @@ async def _sse(send: Any, turn: _Turn) -> None:
             await asyncio.sleep(DELAY)
         event_id += 1
         parts.append(b"id: %d\ndata: %b\n\n" % (event_id, _encode(TextEvent(chunk))))
-        if len(parts) >= _BATCH:
-            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
-            parts = []
     parts.append(b"id: %d\ndata: %b\n\n" % (event_id + 1, _encode(turn.done)))
     parts.append(_DONE)
     await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
