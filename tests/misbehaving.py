@@ -115,28 +115,6 @@ class FlakyStore(MemoryStore):
         return await super().append(session_id, messages)
 
 
-def http_scope(
-    method: str,
-    path: str,
-    query: bytes = b"",
-    headers: Sequence[tuple[bytes, bytes]] = ((b"content-type", b"application/json"),),
-) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("utf-8", "surrogateescape"),
-        "root_path": "",
-        "query_string": query,
-        "headers": list(headers),
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 class Response:
     def __init__(self) -> None:
         self.status: int | None = None

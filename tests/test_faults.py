@@ -11,8 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import client_for, sse_events
-from tests.misbehaving import FaultyProvider, FlakyStore, http_scope, texts
+from tests.helpers import client_for, http_scope, sse_events
+from tests.misbehaving import FaultyProvider, FlakyStore, texts
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import sse_events
-from tests.misbehaving import call, http_scope, texts
+from tests.helpers import http_scope, sse_events
+from tests.misbehaving import call, texts
 from tests.servers import running_server
 
 pytestmark = pytest.mark.anyio

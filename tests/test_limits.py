@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import client_for, sse_events
-from tests.misbehaving import Gate, call, http_scope
+from tests.helpers import client_for, http_scope, sse_events
+from tests.misbehaving import Gate, call
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from orbiter_asgi import Agent, OrbiterApp, create_app
-from tests.helpers import client_for, sse_events
+from tests.helpers import client_for, http_scope, sse_events
 
 
 class Probe:
@@ -88,23 +88,6 @@ async def _drive(app: OrbiterApp, scope: dict[str, Any], body: bytes, on_chunk: 
     await app(scope, receive, send)
 
 
-def _scope(method: str, path: str, query: bytes = b"") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query,
-        "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_the_run() -> None:
     probe = Probe()
@@ -117,7 +100,7 @@ async def test_client_disconnect_cancels_the_run() -> None:
 
     body = json.dumps({"input": "go", "stream": True, "session_id": "cut"}).encode()
     with anyio.fail_after(5):
-        await _drive(app, _scope("POST", "/chat"), body, on_chunk)
+        await _drive(app, http_scope("POST", "/chat"), body, on_chunk)
     assert probe.ended_by in ("CancelledError", "GeneratorExit")
     async with client_for(app) as client:
         messages = (await client.get("/sessions/cut/messages")).json()
@@ -142,7 +125,7 @@ async def test_send_failing_with_oserror_cancels_the_run() -> None:
             raise OSError("client gone")  # ASGI 2.4: a send to a closed connection
 
     with anyio.fail_after(5):
-        await app(_scope("GET", "/stream", b"input=go"), receive, send)
+        await app(http_scope("GET", "/stream", b"input=go"), receive, send)
     assert probe.ended_by in ("CancelledError", "GeneratorExit")
 
 
@@ -160,7 +143,7 @@ async def test_idle_stream_gets_comment_heartbeats() -> None:
         return False
 
     with anyio.fail_after(5):
-        await _drive(app, _scope("GET", "/stream", b"input=x"), b"", on_chunk)
+        await _drive(app, http_scope("GET", "/stream", b"input=x"), b"", on_chunk)
     assert b": ping\n\n" in chunks
     assert chunks.index(b": ping\n\n") < next(i for i, c in enumerate(chunks) if b"late" in c)
     assert chunks[-1].endswith(b"data: [DONE]\n\n")

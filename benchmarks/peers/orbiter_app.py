@@ -18,4 +18,7 @@ _model = f"echo?delay={_delay}" if _delay else "echo"
 app = create_app(
     agents=[Agent("assistant", model=_model)],
     store=os.environ.get("BENCH_STORE") or "memory://",
+    # idle_streams holds 10,000 turns open at once; the default limit of 1,024
+    # concurrent turns per worker would refuse the rest with 503s
+    max_concurrent_runs=None,
 )

@@ -111,9 +111,7 @@ class AnthropicFake(FakeModelServer):
                             },
                         )
                     )
-                parts.append(
-                    event("content_block_stop", {"type": "content_block_stop", "index": index})
-                )
+                parts.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
                 index += 1
         parts.append(
             event(

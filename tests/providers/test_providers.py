@@ -147,9 +147,7 @@ async def test_request_shape_anthropic() -> None:
         Message(role="user", content="weather?"),
         Message(role="assistant", content="Checking.", tool_calls=calls),
         Message(role="tool", content="sunny", tool_call_id="toolu_1", name="get_weather"),
-        Message(
-            role="tool", content="Boom", tool_call_id="toolu_2", name="get_weather", is_error=True
-        ),
+        Message(role="tool", content="Boom", tool_call_id="toolu_2", name="get_weather", is_error=True),
         Message(role="user", content="thanks"),
     ]
     await collect(make_provider("anthropic", fake), request(messages=history, temperature=0.5))
@@ -207,9 +205,7 @@ async def test_unanswered_tool_calls_are_repaired_for_replay(kind: str) -> None:
     fake = FAKES[kind](Text(["ok"]))
     history = [
         Message(role="user", content="go"),
-        Message(
-            role="assistant", tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={})]
-        ),
+        Message(role="assistant", tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={})]),
         Message(role="user", content="again"),
     ]
     await collect(make_provider(kind, fake), request(messages=history))
@@ -217,9 +213,7 @@ async def test_unanswered_tool_calls_are_repaired_for_replay(kind: str) -> None:
     assert result["id"] == "call_1" and "interrupted" in result["content"]
 
 
-async def test_env_vars_configure_key_and_base_url(
-    kind: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_env_vars_configure_key_and_base_url(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = kind.upper()
     monkeypatch.setenv(f"{prefix}_API_KEY", "sk-env")
     monkeypatch.setenv(f"{prefix}_BASE_URL", "http://127.0.0.1:9/custom/")

@@ -31,6 +31,7 @@ from tests.fakes import (
     ToolCalls,
     make_provider,
 )
+from tests.helpers import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -104,9 +105,7 @@ async def test_chat_runs_a_tool_and_answers(kind: str) -> None:
     assert fake.tool_names(0) == ["get_weather", "add", "explode"]
     assert fake.user_texts(0) == ["Weather in Paris?"]
     assert fake.tool_results(0) == []
-    assert fake.tool_calls(1) == [
-        {"id": "call_w1", "name": "get_weather", "arguments": {"city": "Paris"}}
-    ]
+    assert fake.tool_calls(1) == [{"id": "call_w1", "name": "get_weather", "arguments": {"city": "Paris"}}]
     [result] = fake.tool_results(1)
     assert result["id"] == "call_w1"
     assert result["content"] == "Paris: 21 degrees celsius, sunny"
@@ -258,9 +257,7 @@ FAILURES = [
     FAILURES,
     ids=lambda v: getattr(v, "code", None) or type(v).__name__ if not isinstance(v, str) else v,
 )
-async def test_failures_are_502_and_error_events(
-    kind: str, turn: Any, code: str, words: str
-) -> None:
+async def test_failures_are_502_and_error_events(kind: str, turn: Any, code: str, words: str) -> None:
     fake = FAKES[kind](*[turn] * 6)
     app = build(kind, fake, max_retries=1)
     async with client(app) as http:
@@ -293,9 +290,7 @@ async def test_session_continues_on_the_other_provider() -> None:
         ),
     ]
     async with client(create_app(agents=agents)) as http:
-        first = await http.post(
-            "/chat", json={"agent_name": "gpt", "input": "Oslo?", "session_id": "s1"}
-        )
+        first = await http.post("/chat", json={"agent_name": "gpt", "input": "Oslo?", "session_id": "s1"})
         assert first.json()["output"] == "Cold in Oslo."
         second = await http.post(
             "/chat", json={"agent_name": "claude", "input": "And now?", "session_id": "s1"}
@@ -350,23 +345,6 @@ async def test_agent_detail_lists_tool_names(kind: str) -> None:
     assert detail["model"] == MODELS[kind] and detail["max_steps"] == 10
 
 
-def _scope(path: str, query: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query,
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("test", 80),
-    }
-
-
 async def test_client_disconnect_closes_the_upstream_request(kind: str) -> None:
     fake = FAKES[kind](Hang(["partial "]))
     app = build(kind, fake)
@@ -384,7 +362,7 @@ async def test_client_disconnect_closes_the_upstream_request(kind: str) -> None:
                 gone.set()
 
     with anyio.fail_after(5):
-        await app(_scope("/stream", b"input=hi"), receive, send)
+        await app(http_scope("GET", "/stream", b"input=hi"), receive, send)
     assert fake.streams[0].closed
     assert b"[DONE]" not in b"".join(bodies)
 
@@ -393,9 +371,7 @@ async def test_client_disconnect_closes_the_upstream_request(kind: str) -> None:
 async def test_disconnect_during_post_chat_closes_upstream(kind: str, stream: bool) -> None:
     fake = FAKES[kind](Hang(["partial "]))
     app = build(kind, fake)
-    messages = [
-        {"type": "http.request", "body": json.dumps({"input": "hi", "stream": stream}).encode()}
-    ]
+    messages = [{"type": "http.request", "body": json.dumps({"input": "hi", "stream": stream}).encode()}]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -409,9 +385,7 @@ async def test_disconnect_during_post_chat_closes_upstream(kind: str, stream: bo
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = _scope("/chat", b"")
-    scope["method"] = "POST"
-    scope["headers"] = [(b"host", b"test"), (b"content-type", b"application/json")]
+    scope = http_scope("POST", "/chat")
     with anyio.fail_after(5):
         await app(scope, receive, send)
     assert fake.streams[0].closed

@@ -18,9 +18,7 @@ class Point(msgspec.Struct):
     y: float
 
 
-def forecast(
-    city: str, days: int = 3, unit: Literal["c", "f"] = "c", near: Point | None = None
-) -> str:
+def forecast(city: str, days: int = 3, unit: Literal["c", "f"] = "c", near: Point | None = None) -> str:
     """Get the forecast of a city.
 
     Uses the fake weather service; this paragraph is not the summary.

@@ -82,8 +82,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -113,9 +124,7 @@ class RedisServer:
 class ServerProcess:
     """`uvicorn store_app:factory` on a free port, serving the echo agent over `store`."""
 
-    def __init__(
-        self, store: str, *, workers: int = 1, env: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, store: str, *, workers: int = 1, env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "ORBITER_TEST_STORE": store, **(env or {})}
@@ -123,9 +132,22 @@ class ServerProcess:
             [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "store_app:factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
-             "--log-level", "warning", "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "store_app:factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """A second process for the concurrency tests.
 
-    python store_writer.py URL SESSION append WRITER COUNT   # COUNT appends, one message each
-    python store_writer.py URL SESSION hold                  # takes the turn lock, then hangs
+python store_writer.py URL SESSION append WRITER COUNT   # COUNT appends, one message each
+python store_writer.py URL SESSION hold                  # takes the turn lock, then hangs
 """
 
 from __future__ import annotations

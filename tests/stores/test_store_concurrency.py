@@ -107,9 +107,7 @@ async def test_crashed_lock_holder_does_not_wedge_the_session(shared_url: str) -
     store_url = shared_url
     separator = "&" if "?" in store_url else "?"
     url = f"{store_url}{separator}lock_ttl=1&lock_wait=30"
-    child = subprocess.Popen(
-        [sys.executable, WRITER, url, "wedged", "hold"], stdout=subprocess.PIPE
-    )
+    child = subprocess.Popen([sys.executable, WRITER, url, "wedged", "hold"], stdout=subprocess.PIPE)
     store = open_store(url)
     try:
         assert child.stdout is not None

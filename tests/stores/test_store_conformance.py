@@ -175,7 +175,7 @@ async def test_unicode_and_large_messages(store: SessionStore) -> None:
     texts = [
         "🚀 émoji, RTL שלום, CJK 你好, combining é, NUL \x00 and \u2028 separators",
         "x" * 1_000_000,
-        "line\nbreaks\r\nand \"quotes\" and \\ backslashes",
+        'line\nbreaks\r\nand "quotes" and \\ backslashes',
         "",
     ]
     await store.append(session.id, [Message(role="user", content=t) for t in texts])

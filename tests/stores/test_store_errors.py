@@ -88,11 +88,7 @@ async def test_redis_goes_away_mid_request(
     redis_server.start()
     streamed = await client.post("/chat", json={**body, "stream": True})
     assert streamed.status_code == 200
-    events = [
-        json.loads(line[6:])
-        for line in streamed.text.splitlines()
-        if line.startswith("data: {")
-    ]
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
     assert events[-1]["type"] == "error"
     assert events[-1]["code"] == "store_unavailable"
 
@@ -174,9 +170,7 @@ async def test_sqlite_busy_file_times_out_then_recovers(
     assert (await client.post("/sessions/s/messages", json={"role": "user"})).status_code == 201
 
 
-async def test_sqlite_upgrades_an_older_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_sqlite_upgrades_an_older_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     store = open_store(url)
@@ -197,9 +191,7 @@ async def test_sqlite_upgrades_an_older_file(
     conn.close()
 
 
-async def test_busy_session_is_a_503(
-    tmp_path: Path, serve: Callable[..., httpx.AsyncClient]
-) -> None:
+async def test_busy_session_is_a_503(tmp_path: Path, serve: Callable[..., httpx.AsyncClient]) -> None:
     url = f"sqlite:///{tmp_path / 'turns.db'}?lock_wait=0.2"
     holder = open_store(url)
     client = serve(open_store(url))

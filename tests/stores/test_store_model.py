@@ -57,9 +57,7 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
                 with pytest.raises(ConflictError):
                     self.call("create", session_id=session_id, agent_name=agent_name)
                 return
-            session = self.call(
-                "create", session_id=session_id, agent_name=agent_name, metadata=metadata
-            )
+            session = self.call("create", session_id=session_id, agent_name=agent_name, metadata=metadata)
             assert session.metadata == metadata
             self.model[session_id] = _Model(agent_name, metadata)
 
@@ -151,12 +149,11 @@ def portal() -> Iterator[BlockingPortal]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_store_matches_model(
-    backend: str, portal: BlockingPortal, request: pytest.FixtureRequest
-) -> None:
+def test_store_matches_model(backend: str, portal: BlockingPortal, request: pytest.FixtureRequest) -> None:
     counter = itertools.count()
     cleanup: list[Callable[[], None]] = []
     if backend == "memory":
+
         def new_url() -> str:
             return "memory://"
     elif backend == "sqlite":

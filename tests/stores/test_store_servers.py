@@ -30,9 +30,7 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _chat(client: httpx.Client, base: str, session_id: str, text: str) -> dict[str, object]:
-    response = client.post(
-        f"{base}/chat", json={"input": text, "session_id": session_id}, timeout=30
-    )
+    response = client.post(f"{base}/chat", json={"input": text, "session_id": session_id}, timeout=30)
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
     assert body["output"] == text
@@ -52,9 +50,7 @@ def test_two_servers_continue_one_session(shared_store: str) -> None:
             for turn in range(6):
                 base = (one, two)[turn % 2].url
                 _chat(client, base, "relay", f"turn {turn}")
-            expected = [
-                (role, f"turn {turn}") for turn in range(6) for role in ("user", "assistant")
-            ]
+            expected = [(role, f"turn {turn}") for turn in range(6) for role in ("user", "assistant")]
             assert _history(one.url, "relay") == expected
             assert _history(two.url, "relay") == expected
             listed = client.get(f"{two.url}/sessions").json()
@@ -91,9 +87,7 @@ def test_workers_share_the_store(shared_store: str) -> None:
                 assert response.status_code == 200, response.text
                 pids.add(response.headers["x-worker-pid"])
         history = _history(server.url, "workers")
-        assert history == [
-            (role, f"t{turn}") for turn in range(40) for role in ("user", "assistant")
-        ]
+        assert history == [(role, f"t{turn}") for turn in range(40) for role in ("user", "assistant")]
         assert len(pids) == 2, "both workers should have answered some of 40 connections"
     finally:
         server.stop()
