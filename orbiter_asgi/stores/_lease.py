@@ -63,7 +63,8 @@ class LeaseLock:
     async def hold(self, session_id: str) -> AsyncIterator[None]:
         local = self._local.get(session_id)
         if local is None:
-            local = self._local[session_id] = anyio.Lock()
+            # no checkpoint when the lock is free: a turn awaits plenty anyway
+            local = self._local[session_id] = anyio.Lock(fast_acquire=True)
         async with local:
             token = uuid.uuid4().hex
             await self._acquire(session_id, token)

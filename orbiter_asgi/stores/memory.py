@@ -146,7 +146,8 @@ class MemoryStore:
     async def lock(self, session_id: str) -> AsyncIterator[None]:
         lock = self._locks.get(session_id)
         if lock is None:
-            lock = self._locks[session_id] = anyio.Lock()
+            # no checkpoint when the lock is free: a turn awaits plenty anyway
+            lock = self._locks[session_id] = anyio.Lock(fast_acquire=True)
         async with lock:
             yield
 
