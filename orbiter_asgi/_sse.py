@@ -91,10 +91,12 @@ class _Writer:
     def _tick(self) -> None:
         assert self._loop is not None and self._interval is not None
         idle = self._loop.time() - self.last_write
-        if idle >= self._interval and not self._writing and self._ping is None:
+        if self._writing or self._ping is not None:
+            idle = 0.0  # a send is under way (maybe held by a slow reader): look again later
+        elif idle >= self._interval:
             self._ping = self._loop.create_task(self._send_ping())
             idle = 0.0
-        self._handle = self._loop.call_later(max(self._interval - idle, 0.001), self._tick)
+        self._handle = self._loop.call_later(self._interval - idle, self._tick)
 
     async def _send_ping(self) -> None:
         try:
