@@ -27,6 +27,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ._codec import Decoder, RequestValidationError, encode
+from ._context import get_context
+from ._http import read_body
 from .models import ValidationErrorItem
 
 __all__ = ["MethodDecorators", "Operation", "Router"]
@@ -90,12 +92,16 @@ def _request_endpoint(func: Callable[..., Any], status_code: int) -> Callable[[R
 
     async def endpoint(request: Request) -> Response:
         kwargs: dict[str, Any] = {}
+        body: bytes | None = None
         for param in parameters:
             annotation = hints.get(param.name, param.annotation)
             if annotation is Request or param.name == "request":
                 kwargs[param.name] = request
             elif param.name in decoders:
-                kwargs[param.name] = decoders[param.name].decode(await request.body())
+                if body is None:
+                    limit = get_context(request.scope).limits.max_body_size
+                    body = await read_body(request.scope, request.receive, limit)
+                kwargs[param.name] = decoders[param.name].decode(body)
             elif param.name in request.path_params:
                 kwargs[param.name] = request.path_params[param.name]
             elif param.name in request.query_params:

@@ -42,7 +42,8 @@ def _session_id(scope: Scope) -> str:
 def _limit(raw: str | None, limits: Limits) -> int:
     if raw is None:
         return min(DEFAULT_PAGE_SIZE, limits.max_page_size)
-    if not raw.isdigit() or not 1 <= int(raw) <= limits.max_page_size:
+    # isdigit() alone admits "¹" and other digits int() refuses
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= limits.max_page_size:
         item = ValidationErrorItem(
             loc=["query", "limit"],
             msg=f"Input should be an integer from 1 to {limits.max_page_size}",

@@ -91,6 +91,21 @@ async def test_decorated_handlers_get_params_by_name() -> None:
     assert "/items/{item_id}" in spec["paths"]
 
 
+async def test_decorated_routes_decode_bodies_under_the_app_body_limit() -> None:
+    app = create_app(agents=[], max_body_size=64)
+
+    @app.post("/items")
+    def create_item(item: Item) -> Item:
+        return item
+
+    async with client_for(app) as client:
+        small = await client.post("/items", json={"name": "pen"})
+        big = await client.post("/items", json={"name": "x" * 100})
+    assert small.status_code == 200
+    assert big.status_code == 413
+    assert big.json() == {"detail": "Request body exceeds 64 bytes"}
+
+
 async def test_include_router_with_prefix_and_exception_handler() -> None:
     app = create_app(agents=[Agent("assistant")])
     router = Router(prefix="/v1")

@@ -182,7 +182,9 @@ async def test_listing_is_newest_first_with_cursor_and_filter(client: httpx.Asyn
     assert all(s["message_count"] == 0 for s in only_a)
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "1000"}, {"limit": "x"}])
+@pytest.mark.parametrize(
+    "params", [{"limit": "0"}, {"limit": "1000"}, {"limit": "x"}, {"limit": "¹"}, {"limit": "٣"}]
+)
 async def test_bad_limits_are_422(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     response = await client.get("/sessions", params=params)
     assert response.status_code == 422
