@@ -20,10 +20,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(
+def server_process(
     args: Sequence[str] = (), *, env: dict[str, str] | None = None, timeout: float = 20.0
-) -> Iterator[str]:
-    """`orbiter-asgi serve ARGS` on a free port; yields its base URL."""
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`orbiter-asgi serve ARGS` on a free port, once it answers; yields the
+    process (to signal it) and its base URL. Stopped with SIGTERM on exit."""
     port = free_port()
     command = [
         sys.executable,
@@ -60,9 +61,10 @@ def running_server(
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in time")
             time.sleep(0.1)
-        yield url
+        yield process, url
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -70,3 +72,12 @@ def running_server(
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_server(
+    args: Sequence[str] = (), *, env: dict[str, str] | None = None, timeout: float = 20.0
+) -> Iterator[str]:
+    """`orbiter-asgi serve ARGS` on a free port; yields its base URL."""
+    with server_process(args, env=env, timeout=timeout) as (_, url):
+        yield url

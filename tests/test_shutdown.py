@@ -7,15 +7,9 @@ the server stops accepting; everything acknowledged is in the store.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,52 +19,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.servers import free_port
+from tests.servers import server_process
 
 pytestmark = pytest.mark.e2e
 
 TARGET = str(Path(__file__).parent / "apps" / "shutdown_app.py") + ":app"
 GRACE = 1.5
-
-
-@contextlib.contextmanager
-def server_process(journal: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "orbiter_asgi",
-        "serve",
-        TARGET,
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        *args,
-    ]
-    env = {**os.environ, "ORBITER_TEST_JOURNAL": str(journal)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            if process.poll() is not None:
-                raise RuntimeError(process.stdout.read().decode() if process.stdout else "exited")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not start")
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
 
 
 def _sse(url: str, params: dict[str, str], first: threading.Event) -> list[Any]:
@@ -113,7 +67,9 @@ def test_sigterm_lets_short_turns_finish_and_ends_long_ones(server: str, tmp_pat
     journal = tmp_path / "journal.jsonl"
     quick_input = " ".join(f"q{n}" for n in range(20))  # ~1 s: within the grace period
     endless_input = " ".join(f"e{n}" for n in range(300))  # ~60 s: cut by it
-    with server_process(journal, "--grace-period", str(GRACE), "--server", server) as (process, url):
+    args = [TARGET, "--grace-period", str(GRACE), "--server", server]
+    env = {"ORBITER_TEST_JOURNAL": str(journal)}
+    with server_process(args, env=env) as (process, url):
         assert httpx.post(f"{url}/sessions", json={"id": "noted"}).status_code == 201
         acknowledged = httpx.post(
             f"{url}/sessions/noted/messages", json={"role": "user", "content": "remember me"}
