@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import builtins
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -142,14 +141,14 @@ class MemoryStore:
         record.updated_at = now
         return stored
 
-    @asynccontextmanager
-    async def lock(self, session_id: str) -> AsyncIterator[None]:
+    def lock(self, session_id: str) -> anyio.Lock:
+        # the lock itself is the context manager; the weak dict forgets it once
+        # no turn holds or waits for it
         lock = self._locks.get(session_id)
         if lock is None:
             # no checkpoint when the lock is free: a turn awaits plenty anyway
             lock = self._locks[session_id] = anyio.Lock(fast_acquire=True)
-        async with lock:
-            yield
+        return lock
 
     async def aclose(self) -> None:
         return None
