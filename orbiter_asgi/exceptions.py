@@ -87,6 +87,11 @@ class AgentNotFound(NotFoundError):
 class SessionNotFound(NotFoundError):
     code = "session_not_found"
 
+    @classmethod
+    def of(cls, session_id: str) -> SessionNotFound:
+        """The one wording clients see for a missing session."""
+        return cls(f"Session {session_id!r} not found")
+
 
 class ConflictError(OrbiterError):
     status_code = 409

@@ -167,11 +167,10 @@ class Run:
                     batch = transcript.record_many(item)
                     if batch:
                         yield batch
-                elif type(item) is Usage:
-                    record(item)
                 else:
                     record(item)  # type: ignore[arg-type]
-                    yield item  # type: ignore[misc]
+                    if type(item) is not Usage:  # usage is summed into `done`, not streamed
+                        yield item  # type: ignore[misc]
         except Exception as exc:
             raise as_agent_error(exc, agent.name) from exc
         finally:

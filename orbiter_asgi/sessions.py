@@ -111,7 +111,7 @@ class DeleteSession(Endpoint):
         async with store.lock(session_id):  # waits for a running turn to end
             deleted = await store.delete(session_id)
         if not deleted:
-            raise SessionNotFound(f"Session {session_id!r} not found")
+            raise SessionNotFound.of(session_id)
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -80,6 +80,14 @@ class Page(msgspec.Struct):
     items: list[SessionSummary]
     next_cursor: str | None = None
 
+    @classmethod
+    def of(cls, items: list[SessionSummary], more: bool) -> Page:
+        """A page of newest-first `items`; with `more`, a cursor after the last."""
+        if not more or not items:
+            return cls(items)
+        last = items[-1]
+        return cls(items, encode_cursor(last.created_at, last.id))
+
 
 @runtime_checkable
 class SessionStore(Protocol):

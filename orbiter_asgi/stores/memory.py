@@ -17,7 +17,6 @@ from .base import (
     DEFAULT_PAGE_SIZE,
     Page,
     decode_cursor,
-    encode_cursor,
     new_session_id,
     utcnow,
 )
@@ -67,7 +66,7 @@ class MemoryStore:
         try:
             return self._records[session_id]
         except KeyError:
-            raise SessionNotFound(f"Session {session_id!r} not found") from None
+            raise SessionNotFound.of(session_id) from None
 
     async def create(
         self,
@@ -101,10 +100,9 @@ class MemoryStore:
             if after is not None and (record.created_at, record.id) >= after:
                 continue
             if len(items) == limit:
-                last = items[-1]
-                return Page(items, encode_cursor(last.created_at, last.id))
+                return Page.of(items, more=True)
             items.append(record.summary())
-        return Page(items)
+        return Page.of(items, more=False)
 
     async def update(
         self,

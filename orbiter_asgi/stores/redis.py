@@ -41,7 +41,7 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, encode_cursor, new_session_id, utcnow
+from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
 
 try:
     import redis.asyncio as aioredis
@@ -192,10 +192,6 @@ return 1
 
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
-
-
-def _not_found(session_id: str) -> SessionNotFound:
-    return SessionNotFound(f"Session {session_id!r} not found")
 
 
 class RedisStore:
@@ -355,7 +351,7 @@ class RedisStore:
     def _session(self, session_id: str, row: list[bytes | None], bodies: list[bytes]) -> Session:
         agent, metadata, created_at, updated_at = row
         if created_at is None or metadata is None or updated_at is None:
-            raise _not_found(session_id)
+            raise SessionNotFound.of(session_id)
         return Session(
             id=session_id,
             agent_name=_text(agent),
@@ -397,10 +393,7 @@ class RedisStore:
             )
             for raw_id, agent, metadata, created, updated, count in rows[:limit]
         ]
-        if len(rows) > limit:
-            last = items[-1]
-            return Page(items, encode_cursor(last.created_at, last.id))
-        return Page(items)
+        return Page.of(items, more=len(rows) > limit)
 
     async def update(
         self,
@@ -423,7 +416,7 @@ class RedisStore:
         )
         result = await self._script("update", keys, args)
         if result is None:
-            raise _not_found(session_id)
+            raise SessionNotFound.of(session_id)
         row, bodies = result
         return self._session(session_id, row, bodies)
 
@@ -445,7 +438,7 @@ class RedisStore:
 
         exists, bodies = await self._call(work)
         if not exists:
-            raise _not_found(session_id)
+            raise SessionNotFound.of(session_id)
         return [self._decode(decode_message, body) for body in bodies]
 
     async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
@@ -469,7 +462,7 @@ class RedisStore:
         dedupe = f"{self.prefix}op:{uuid.uuid4().hex}"
         args = (micros(now), _RETRY_DEDUPE_MS, *(encode_message(m) for m in stored))
         if await self._script("append", (session_key, messages_key, dedupe), args) < 0:
-            raise _not_found(session_id)
+            raise SessionNotFound.of(session_id)
         return stored
 
     # --- the turn lock --------------------------------------------------------------------

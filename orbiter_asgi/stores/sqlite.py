@@ -45,7 +45,7 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, encode_cursor, new_session_id, utcnow
+from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -154,10 +154,6 @@ class _Row:
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
-
-
-def _not_found(session_id: str) -> SessionNotFound:
-    return SessionNotFound(f"Session {session_id!r} not found")
 
 
 def _select_session(conn: sqlite3.Connection, session_id: str) -> _Row | None:
@@ -360,7 +356,7 @@ class SQLiteStore:
         with _Transaction(conn, immediate=False):  # one snapshot for the row and its messages
             row = _select_session(conn, session_id)
             if row is None:
-                raise _not_found(session_id)
+                raise SessionNotFound.of(session_id)
             return row.session(_select_messages(conn, session_id))
 
     async def list(
@@ -374,10 +370,7 @@ class SQLiteStore:
         key = (micros(after[0]), after[1]) if after else None
         rows = await self._run(self._list, agent_name, limit, key)
         items = [row.summary() for row in rows[:limit]]
-        if len(rows) > limit:
-            last = items[-1]
-            return Page(items, encode_cursor(last.created_at, last.id))
-        return Page(items)
+        return Page.of(items, more=len(rows) > limit)
 
     @staticmethod
     def _list(
@@ -421,7 +414,7 @@ class SQLiteStore:
                 f"UPDATE sessions SET {assignments} WHERE id = ?", (*changes.values(), session_id)
             )
             if cursor.rowcount == 0:
-                raise _not_found(session_id)
+                raise SessionNotFound.of(session_id)
             row = _select_session(conn, session_id)
             assert row is not None
             return row.session(_select_messages(conn, session_id))
@@ -446,7 +439,7 @@ class SQLiteStore:
         with _Transaction(conn, immediate=False):
             exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if exists is None:
-                raise _not_found(session_id)
+                raise SessionNotFound.of(session_id)
             return _select_messages(conn, session_id)
 
     async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
@@ -483,7 +476,7 @@ class SQLiteStore:
                 "SELECT message_count FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
             if row is None:
-                raise _not_found(session_id)
+                raise SessionNotFound.of(session_id)
             count = row[0]
             conn.executemany(
                 "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
