@@ -87,6 +87,13 @@ async def test_malformed_bodies_are_4xx_with_detail(client: httpx.AsyncClient, c
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.api+json"])
+async def test_json_media_types_are_accepted(client: httpx.AsyncClient, content_type: str) -> None:
+    response = await client.post("/chat", content=b'{"input": "ok"}', headers={"content-type": content_type})
+    assert response.status_code == 200
+    assert response.json()["output"] == "ok"
+
+
 async def test_non_json_content_type_is_415(client: httpx.AsyncClient) -> None:
     response = await client.post("/chat", content=b"input=hi", headers={"content-type": "text/plain"})
     assert response.status_code == 415

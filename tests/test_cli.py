@@ -10,6 +10,7 @@ import pytest
 from orbiter_asgi import OrbiterApp, create_app
 from orbiter_asgi.cli import build_app, load_target
 from orbiter_asgi.stores.memory import MemoryStore
+from orbiter_asgi.stores.redis import RedisStore
 from orbiter_asgi.stores.sqlite import SQLiteStore
 from tests.servers import running_server
 
@@ -37,6 +38,8 @@ def test_store_comes_from_the_argument_or_orbiter_store(
     monkeypatch.setenv("ORBITER_STORE", f"sqlite:///{tmp_path / 'env.db'}")
     assert isinstance(create_app(agents=[]).store, SQLiteStore)
     assert isinstance(create_app(agents=[], store="memory://").store, MemoryStore)
+    for url in ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/1?prefix=t:"):
+        assert isinstance(create_app(agents=[], store=url).store, RedisStore)  # connects lazily
     with pytest.raises(ValueError, match="Unknown store URL"):
         create_app(agents=[], store="mongodb://x")
 
