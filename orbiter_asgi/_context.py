@@ -99,11 +99,11 @@ class Limits:
             )
         return session_id
 
-    def check_input(self, text: str, loc: str = "body") -> str:
-        """A 422 (FastAPI's `string_too_long`) when `input` is too long."""
+    def check_input(self, text: str, loc: str = "body", field: str = "input") -> str:
+        """A 422 (FastAPI's `string_too_long`) when `input` (or `message`) is too long."""
         if len(text) > self.max_input_length:
             item = ValidationErrorItem(
-                loc=[loc, "input"],
+                loc=[loc, field],
                 msg=f"String should have at most {self.max_input_length} characters",
                 type="string_too_long",
             )

@@ -19,14 +19,14 @@ import math
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
 from starlette.types import Receive
 
-from ._watch import Turn, TurnWatcher, now
+from ._turn import Turn
+from ._watch import TurnWatcher, now
 from .exceptions import Overloaded, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
@@ -40,11 +40,11 @@ _guards: weakref.WeakSet[RunGuard] = weakref.WeakSet()
 class RunGuard:
     """Counts, times and drains the running turns of one app."""
 
-    __slots__ = ("__weakref__", "_drain_at", "_scopes", "_watcher", "draining", "limits")
+    __slots__ = ("__weakref__", "_drain_at", "_turns", "_watcher", "draining", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._scopes: set[anyio.CancelScope] = set()
+        self._turns: set[Turn] = set()
         self._watcher = TurnWatcher()
         self._drain_at = math.inf
         self.draining = False
@@ -53,44 +53,50 @@ class RunGuard:
     @property
     def active(self) -> int:
         """Turns running now."""
-        return len(self._scopes)
+        return len(self._turns)
 
     def admit(self) -> None:
         """Raise unless a new turn may start now."""
         if self.draining:
             raise ShuttingDown("The server is shutting down; retry shortly")
         limit = self.limits.max_concurrent_runs
-        if limit is not None and len(self._scopes) >= limit:
+        if limit is not None and len(self._turns) >= limit:
             raise Overloaded(f"Too many concurrent runs (limit {limit}); retry shortly")
 
-    @contextmanager
-    def running(self, receive: Receive | None = None) -> Iterator[None]:
-        """Admit a turn and bound its wall-clock time; enter it in the task that
-        consumes the turn's events.
+    def running(self, receive: Receive | None = None) -> Turn:
+        """Admit a turn and bound its wall-clock time: `with guard.running() as turn:`,
+        entered in the task that runs the turn.
 
         With `receive` (an HTTP request whose body was read) the turn is also
         cancelled when the client disconnects; it then ends quietly, since
-        nobody is left to tell.
+        nobody is left to tell. Cut short by its deadline or the drain, it
+        raises `RunTimeout` or `ShuttingDown` on leaving.
         """
         self.admit()
         timeout = self.limits.run_timeout
         started = now()
-        timeout_at = started + timeout if timeout is not None else math.inf
-        # the deadline is armed by the watcher once the turn has run a little: most
-        # turns end before, and a deadline costs a timer inside anyio's scope
-        with anyio.CancelScope(deadline=self._drain_at) as scope:
-            turn = Turn(scope, started, timeout_at, receive)
-            self._watcher.add(turn)
-            self._scopes.add(scope)
-            try:
-                yield
-            finally:
-                self._scopes.discard(scope)
-                self._watcher.discard(turn)
-        if scope.cancelled_caught and not turn.disconnected:
-            if self._drain_at <= timeout_at:
-                raise ShuttingDown("The server shut down before the run finished")
-            raise RunTimeout(f"The run took longer than its {timeout:g} s limit")
+        return Turn(self, started, started + timeout if timeout is not None else math.inf, receive)
+
+    def enter(self, turn: Turn) -> None:
+        self._turns.add(turn)
+        if self._drain_at != math.inf:
+            turn.set_deadline(self._drain_at)
+        # the timeout is armed by the watcher once the turn has run a little:
+        # most turns end before, and a deadline costs a timer
+        self._watcher.add(turn)
+
+    def exit(self, turn: Turn) -> None:
+        self._turns.discard(turn)
+        self._watcher.discard(turn)
+
+    def raise_for(self, turn: Turn) -> None:
+        """The error of a turn its deadline or the drain cut short."""
+        if turn.disconnected:
+            return
+        if self._drain_at <= turn.timeout_at:
+            raise ShuttingDown("The server shut down before the run finished")
+        timeout = self.limits.run_timeout
+        raise RunTimeout(f"The run took longer than its {timeout:g} s limit")
 
     def resume(self) -> None:
         """Admit turns again, as a fresh lifespan starts."""
@@ -107,8 +113,8 @@ class RunGuard:
         grace = self.limits.grace_period if grace is None else grace
         now = anyio.current_time() if now is None else now
         self._drain_at = min(self._drain_at, now + grace)
-        for scope in self._scopes:
-            scope.deadline = min(scope.deadline, self._drain_at)
+        for turn in list(self._turns):
+            turn.set_deadline(self._drain_at)
 
 
 def drain_all(grace: float | None = None, *, now: float | None = None) -> None:

@@ -1,6 +1,6 @@
 """Server-Sent Events: framing, and the pump that sends one run as a stream.
 
-The run is consumed in the request's own task and each item it yields is
+The run is driven in the request's own task and each item it emits is
 written at once: one event, or all the events that were ready together (the
 run passes those as one list), in one write. `send` blocking on a slow client
 blocks the run, which is ASGI backpressure with nothing buffered. A silent
@@ -13,18 +13,16 @@ guard) ends the run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 from ._codec import encode
 from .exceptions import OrbiterError
-from .models import DoneEvent, ErrorEvent, Event
+from .models import ErrorEvent, Event
 
 if TYPE_CHECKING:
-    from .runs import RunItem
+    from .runs import Run, RunItem
 
 __all__ = ["SSE_HEADERS", "error_event", "frame", "frames", "send_event_stream"]
 
@@ -128,44 +126,44 @@ class _Writer:
 
 async def send_event_stream(
     send: Send,
-    events: Callable[[], AbstractAsyncContextManager[AsyncGenerator[RunItem, None]]],
+    run: Run,
+    receive: Receive | None = None,
     *,
-    agent_name: str,
     heartbeat: float | None = 15.0,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Respond with the items of `events()` (e.g. `Run.guarded`) as SSE, ending with `[DONE]`.
+    """Respond with the events of `run` as SSE, ending with `done` (or `error`) and `[DONE]`.
 
-    The run's generator is entered and closed here, in the request's task, so
-    a client that leaves closes the run (and the model request behind it) now.
+    The run is driven here, in the request's task, so a client that leaves
+    ends the run (and the model request behind it) now.
     """
     await send(
         {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}
     )
     writer = _Writer(send, heartbeat if heartbeat and heartbeat != float("inf") else None)
     event_id = 0
-    last = b""
+
+    async def emit(item: RunItem) -> None:
+        nonlocal event_id
+        if type(item) is list:  # ready together: one write
+            chunk = frames(event_id + 1, item)
+            event_id += len(item)
+        else:
+            event_id += 1
+            chunk = frame(event_id, item)  # type: ignore[arg-type]
+        await writer.write(chunk)
+
     try:
+        last: Event | None
         try:
-            async with events() as stream:
-                async for item in stream:
-                    if type(item) is list:  # ready together: one write
-                        chunk = frames(event_id + 1, item)
-                        event_id += len(item)
-                        await writer.write(chunk)
-                    elif type(item) is DoneEvent:  # always last: goes out with [DONE]
-                        event_id += 1
-                        last = frame(event_id, item)
-                    else:
-                        event_id += 1
-                        await writer.write(frame(event_id, item))  # type: ignore[arg-type]
+            last = await run.drive(emit, receive)
         except OSError:
             raise  # from `send`: the client left
         except Exception as exc:
-            last = frame(event_id + 1, error_event(exc, agent_name))
-        if last:  # a run ends with `done` or an error, unless its client left
-            await writer.write(last + DONE, more_body=False)
+            last = error_event(exc, run.agent.name)
+        if last is not None:  # `done` or an error goes out with [DONE], unless the client left
+            await writer.write(frame(event_id + 1, last) + DONE, more_body=False)
     except OSError:
-        pass  # the client went away mid-send; leaving `events()` closed the run
+        pass  # the client went away mid-send; the run has ended
     finally:
         writer.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -35,11 +34,11 @@ from ._sse import send_event_stream
 from ._version import __version__
 from .agents import agent_router
 from .exceptions import OrbiterError
-from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail
+from .models import ChatRequest, ChatResponse, ErrorDetail
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
 from .routing import MethodDecorators, Operation, Router
-from .runs import as_agent_error, start_run
+from .runs import start_chat
 from .security import DEFAULT_PUBLIC_PATHS, keys_from_env, secure_openapi, security_middleware
 from .sessions import session_router
 from .stores import SessionStore, open_store
@@ -67,24 +66,11 @@ class ChatEndpoint(Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = get_context(scope)
         request: ChatRequest = await read_json(scope, receive, _chat, context.limits.max_body_size)
-        assert request.input is not None
-        run = start_run(context, request.agent_name, request.input, request.session_id)
+        run = start_chat(context, request)
         if request.stream:
-            await send_event_stream(
-                send,
-                partial(run.guarded, receive),
-                agent_name=run.agent.name,
-                heartbeat=context.limits.heartbeat_interval,
-            )
+            await send_event_stream(send, run, receive, heartbeat=context.limits.heartbeat_interval)
             return
-        done: DoneEvent | None = None
-        try:
-            async with run.guarded(receive) as events:
-                async for event in events:
-                    if type(event) is DoneEvent:
-                        done = event
-        except Exception as exc:
-            raise as_agent_error(exc, run.agent.name) from exc
+        done = await run.drive(receive=receive)
         if done is None:
             return  # the client went away; nobody is left to answer
         response = ChatResponse(

@@ -1,31 +1,28 @@
-"""One chat turn, from request to stored history, as a stream of events.
+"""One chat turn, from request to stored history.
 
-Every transport (JSON, SSE, WebSocket) consumes `Run.events()`; none talks
-to the store or the agent itself. With a session the turn holds the
-session's lock, loads its history, stores the user message before the agent
-starts and what the agent produced when it ends, whether it finished,
-failed or was cancelled.
-
-Transports consume a turn through `Run.guarded()`, entered in the task that
-reads the events: it admits the turn against the app's concurrency limit,
-bounds its wall-clock time, ends it when the process drains, and closes the
-event stream in that same task, so the history is written and the session
-lock released where they were taken.
-"""
+Every transport (JSON, SSE, WebSocket) runs a turn with `Run.drive(emit)`,
+in the task that sends its events; none talks to the store or the agent
+itself. `drive` admits the turn against the app's concurrency limit, bounds
+its wall-clock time, ends it when the process drains or the client leaves,
+and closes the agent's stream in that same task, so the history is written
+and the session lock released where they were taken. With a session the
+turn holds the session's lock, loads its history, stores the user message
+before the agent starts and what the agent produced when it ends, whether
+it finished, failed or was cancelled."""
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import AsyncGenerator
-from types import TracebackType
+from collections.abc import Awaitable, Callable
 
-import anyio
 from starlette.types import Receive
 
 from ._context import AppContext
+from ._turn import Turn
 from .exceptions import AgentError, OrbiterError
 from .models import (
+    ChatRequest,
     DoneEvent,
     Event,
     Message,
@@ -38,10 +35,10 @@ from .models import (
 from .registry import RegisteredAgent
 from .runtime.loop import AgentEvent
 
-__all__ = ["Run", "RunItem", "as_agent_error", "start_run"]
+__all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
 
 RunItem = Event | list[Event]
-"""What a run yields: an event, or a list of events that were ready together."""
+"""What a run emits: an event, or a list of events that were ready together."""
 
 # Run ids: unique across processes (a random prefix) and cheap (a counter).
 _RUN_PREFIX = secrets.token_hex(6)
@@ -122,6 +119,10 @@ class _Transcript:
         return "".join(m.content for m in self.messages[self.answer_start :] if m.role == "assistant")
 
 
+Emit = Callable[[RunItem], Awaitable[None]]
+"""Where a transport takes the items of a run as they come."""
+
+
 class Run:
     """A turn of `agent` on `input`, optionally within a session."""
 
@@ -136,42 +137,52 @@ class Run:
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.id = f"{_RUN_PREFIX}{next(_run_numbers):x}"
 
-    def guarded(self, receive: Receive | None = None) -> _Guarded:
-        """`events()` under the app's limits: `Overloaded`, `RunTimeout` or
-        `ShuttingDown` are raised on leaving when they cut the turn. With
-        `receive`, a client disconnect cancels the turn (see `RunGuard.running`)."""
-        return _Guarded(self, receive)
+    async def drive(self, emit: Emit | None = None, receive: Receive | None = None) -> DoneEvent | None:
+        """Run the turn to its end under the app's guard; returns its `done` event.
 
-    def events(self) -> AsyncGenerator[RunItem, None]:
-        """Text, tool and done events; failures raise `OrbiterError`."""
-        if self.session_id is None:
-            return self._run([])
-        return self._session_events(self.session_id)
+        Every text, tool call and tool result goes to `emit` as it comes
+        (events that were ready together as one list); `done` is returned, not
+        emitted. Failures raise `OrbiterError`; `Overloaded`, `RunTimeout` or
+        `ShuttingDown` when the guard refuses or cuts the turn. With `receive`,
+        a client disconnect cancels the turn and None is returned. Errors
+        raised by `emit` itself (a transport's) pass through unchanged.
 
-    async def _session_events(self, session_id: str) -> AsyncGenerator[RunItem, None]:
-        store = self.context.store
-        async with store.lock(session_id):
-            history = await store.history(session_id, agent_name=self.agent.name)
-            await store.append(session_id, [Message(role="user", content=self.input)])
-            async for event in self._run(history):
-                yield event
+        The run is pushed to the transport rather than pulled from it: the
+        turn costs one coroutine, not a generator per layer.
+        """
+        with self.context.guard.running(receive) as turn:
+            if self.session_id is None:
+                return await self._drive(turn, [], emit)
+            store = self.context.store
+            async with store.lock(self.session_id):
+                history = await store.history(self.session_id, agent_name=self.agent.name)
+                await store.append(self.session_id, [Message(role="user", content=self.input)])
+                return await self._drive(turn, history, emit)
+        return None  # the client went away: the turn was cancelled and is over
 
-    async def _run(self, history: list[Message]) -> AsyncGenerator[RunItem, None]:
+    async def _drive(self, turn: Turn, history: list[Message], emit: Emit | None) -> DoneEvent:
         agent = self.agent
         transcript = _Transcript()
         record = transcript.record
         stream = agent.stream(self.input, history)
+        emitting = False  # whether an error comes from `emit`, not from the agent
         try:
             async for item in stream:
                 if type(item) is list:  # events that were ready together stay together
                     batch = transcript.record_many(item)
-                    if batch:
-                        yield batch
+                    if batch and emit is not None:
+                        emitting = True
+                        await emit(batch)
+                        emitting = False
                 else:
                     record(item)  # type: ignore[arg-type]
-                    if type(item) is not Usage:  # usage is summed into `done`, not streamed
-                        yield item  # type: ignore[misc]
+                    if type(item) is not Usage and emit is not None:  # usage is summed into `done`
+                        emitting = True
+                        await emit(item)  # type: ignore[arg-type]
+                        emitting = False
         except Exception as exc:
+            if emitting:
+                raise
             raise as_agent_error(exc, agent.name) from exc
         finally:
             try:
@@ -179,49 +190,15 @@ class Run:
             finally:  # even when closing the agent fails or is cancelled
                 transcript.flush()
                 if self.session_id is not None and transcript.messages:
-                    with anyio.CancelScope(shield=True):
+                    with turn.shielded():
                         await self.context.store.append(self.session_id, transcript.messages)
-        yield DoneEvent(
+        return DoneEvent(
             output=transcript.output(),
             agent_name=agent.name,
             session_id=self.session_id,
             steps=max(transcript.steps, 1),
             usage=transcript.usage,
         )
-
-
-class _Guarded:
-    """`async with run.guarded() as events:` (a class: this is on every turn's path)."""
-
-    __slots__ = ("_events", "_receive", "_run", "_running")
-
-    def __init__(self, run: Run, receive: Receive | None) -> None:
-        self._run = run
-        self._receive = receive
-
-    async def __aenter__(self) -> AsyncGenerator[RunItem, None]:
-        self._running = self._run.context.guard.running(self._receive)
-        self._running.__enter__()
-        try:
-            self._events = self._run.events()
-        except BaseException:
-            self._running.__exit__(None, None, None)
-            raise
-        return self._events
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        try:
-            await self._events.aclose()
-        except BaseException as error:
-            if self._running.__exit__(type(error), error, error.__traceback__):
-                return True
-            raise
-        return self._running.__exit__(exc_type, exc, traceback)
 
 
 def start_run(
@@ -240,3 +217,15 @@ def start_run(
     run = Run(context, context.agents.resolve(agent_name), input, session_id)
     context.guard.admit()  # a 503 now, rather than an error event once streaming
     return run
+
+
+def start_chat(context: AppContext, request: ChatRequest) -> Run:
+    """`start_run` for a `ChatRequest` (of `POST /chat` or a WebSocket turn).
+
+    A too-long `message`, the original name of `input`, is refused even when
+    `input` is sent too and wins.
+    """
+    if request.message is not None and request.message is not request.input:
+        context.limits.check_input(request.message, field="message")
+    assert request.input is not None  # the struct fills it from `message`
+    return start_run(context, request.agent_name, request.input, request.session_id)

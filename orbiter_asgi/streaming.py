@@ -9,7 +9,6 @@ one connection for many turns: each text (or binary) frame is a
 from __future__ import annotations
 
 import enum
-from functools import partial
 
 import anyio
 import msgspec
@@ -17,13 +16,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from ._codec import encode
-from ._context import AppContext, get_context
+from ._context import get_context
 from ._http import Endpoint, query_params
 from ._sse import error_event, send_event_stream
 from .exceptions import OrbiterError, RequestError
 from .models import ChatRequest, ErrorDetail, ErrorEvent, Event
 from .routing import Operation, Router
-from .runs import Run, start_run
+from .runs import Run, RunItem, start_chat, start_run
 
 __all__ = ["stream_router"]
 
@@ -43,12 +42,7 @@ class StreamEndpoint(Endpoint):
             query.get("session_id") or None,
             source="query",
         )
-        await send_event_stream(
-            send,
-            partial(run.guarded, receive),
-            agent_name=run.agent.name,
-            heartbeat=context.limits.heartbeat_interval,
-        )
+        await send_event_stream(send, run, receive, heartbeat=context.limits.heartbeat_interval)
 
 
 class _Socket(enum.Enum):
@@ -83,17 +77,20 @@ class ChatSocket:
             if state is _Socket.OPEN:
                 await send({"type": "websocket.send", "text": encode(event).decode()})
 
+        async def emit(item: RunItem) -> None:
+            if type(item) is list:  # one message per event, still
+                for event in item:
+                    await send_event(event)
+            else:
+                await send_event(item)  # type: ignore[arg-type]
+
         async def run_turn(run: Run, scope_: anyio.CancelScope) -> None:
             nonlocal turn
             with scope_:
                 try:
-                    async with run.guarded() as events:
-                        async for item in events:
-                            if type(item) is list:  # one message per event, still
-                                for event in item:
-                                    await send_event(event)
-                            else:
-                                await send_event(item)  # type: ignore[arg-type]
+                    done = await run.drive(emit)
+                    assert done is not None  # no `receive`: only a disconnect returns None
+                    await send_event(done)
                 except Exception as exc:
                     await send_event(error_event(exc, run.agent.name))
             if scope_.cancelled_caught:
@@ -123,7 +120,7 @@ class ChatSocket:
                     if turn is not None:
                         await send_event(_BUSY)
                         continue
-                    run = _start(context, request)
+                    run = start_chat(context, request)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     await send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
                     continue
@@ -145,11 +142,6 @@ def _too_big(data: str | bytes, limit: int) -> bool:
     if isinstance(data, str) and len(data) * 4 > limit:
         return len(data.encode("utf-8", "surrogatepass")) > limit
     return False
-
-
-def _start(context: AppContext, request: ChatRequest) -> Run:
-    assert request.input is not None
-    return start_run(context, request.agent_name, request.input, request.session_id)
 
 
 _TAGS = ["streaming"]

@@ -73,6 +73,21 @@ async def test_input_too_long_is_a_422_everywhere() -> None:
         assert ws.receive_json()["code"] == "validation_error"
 
 
+async def test_message_too_long_is_a_422_even_beside_input() -> None:
+    # `message` is the original name of `input`: its documented limit holds even when `input` wins
+    app = create_app(agents=[Agent("assistant")], max_input_length=10)
+    async with client_for(app) as client:
+        alone = await client.post("/chat", json={"message": "x" * 11})
+        beside = await client.post("/chat", json={"input": "short", "message": "x" * 11})
+        both_ok = await client.post("/chat", json={"input": "short", "message": "x" * 10})
+    assert alone.status_code == 422 and alone.json()["detail"][0]["loc"] == ["body", "input"]
+    assert beside.status_code == 422 and beside.json()["detail"][0]["loc"] == ["body", "message"]
+    assert both_ok.status_code == 200 and both_ok.json()["output"] == "short"
+    with TestClient(app) as sync, sync.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"input": "short", "message": "x" * 11})
+        assert ws.receive_json()["code"] == "validation_error"
+
+
 # --- WebSocket messages ----------------------------------------------------------
 
 
