@@ -2,6 +2,12 @@
 
 Requests decode with the typed decoders in `orbiter_asgi._codec`; responses
 and stream events encode with its one shared encoder.
+
+Structs whose fields are strings, numbers and other such structs are
+declared `gc=False`: they cannot be part of a reference cycle, so the
+garbage collector need not track them. A streamed answer makes one
+`TextEvent` per word; untracked, they are cheaper to make and do not
+trigger collections.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class Usage(msgspec.Struct, kw_only=True, gc=False):
     """Token counts of one model call, or summed over a run."""
 
     input_tokens: int = 0
@@ -54,7 +60,7 @@ class Usage(msgspec.Struct, kw_only=True):
         )
 
 
-class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Body of `POST /chat` and of each WebSocket turn.
 
     `message` is the original package's name for `input`; either may be sent.
@@ -73,7 +79,7 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.input = self.message
 
 
-class ChatResponse(msgspec.Struct, kw_only=True):
+class ChatResponse(msgspec.Struct, kw_only=True, gc=False):
     """Body of a non-streamed `POST /chat`."""
 
     output: str
@@ -171,7 +177,7 @@ class WorkspaceFile(msgspec.Struct, kw_only=True):
     modified_at: datetime
 
 
-class ErrorDetail(msgspec.Struct):
+class ErrorDetail(msgspec.Struct, gc=False):
     """`{"detail": "..."}`, the FastAPI error body."""
 
     detail: str
@@ -193,7 +199,7 @@ class ValidationErrorResponse(msgspec.Struct):
 # One vocabulary for SSE, WebSocket and the Python API, tagged by `type`.
 
 
-class TextEvent(msgspec.Struct, tag="text", tag_field="type"):
+class TextEvent(msgspec.Struct, tag="text", tag_field="type", gc=False):
     """A text delta."""
 
     content: str
@@ -207,7 +213,7 @@ class ToolCallEvent(msgspec.Struct, tag="tool_call", tag_field="type", kw_only=T
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ToolResultEvent(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True):
+class ToolResultEvent(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True, gc=False):
     """What a tool returned (or the error it raised, with `is_error`)."""
 
     id: str
@@ -216,7 +222,7 @@ class ToolResultEvent(msgspec.Struct, tag="tool_result", tag_field="type", kw_on
     is_error: bool = False
 
 
-class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
+class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True, gc=False):
     """The run finished; mirrors `ChatResponse`."""
 
     output: str
@@ -226,7 +232,7 @@ class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
-class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True, gc=False):
     """The run failed or was refused; `code` is machine-readable."""
 
     error: str

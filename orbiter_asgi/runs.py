@@ -55,9 +55,13 @@ def as_agent_error(exc: Exception, agent_name: str) -> OrbiterError:
 
 
 class _Transcript:
-    """Turns the agent's events into history messages, usage and steps, as they come."""
+    """Turns the agent's events into history messages, usage and steps, as they come.
 
-    __slots__ = ("answer_start", "calls", "messages", "steps", "text", "usage")
+    The output is the text after the last tool result: the text of the last
+    assistant message, which `flush()` closes at the end.
+    """
+
+    __slots__ = ("calls", "messages", "steps", "text", "usage")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -65,7 +69,6 @@ class _Transcript:
         self.calls: list[ToolCall] = []
         self.usage = Usage()
         self.steps = 0  # one `Usage` per model call
-        self.answer_start = 0  # the output is the text after the last tool round
 
     def record(self, event: AgentEvent) -> None:
         kind = type(event)
@@ -93,13 +96,14 @@ class _Transcript:
             return [e for e in events if type(e) is not Usage]  # type: ignore[misc]
         return events  # type: ignore[return-value]
 
-    def flush(self) -> None:
+    def flush(self) -> str:
+        """Close the assistant message being written; returns its text."""
+        text = "".join(self.text)
         if self.text or self.calls:
-            self.messages.append(
-                Message(role="assistant", content="".join(self.text), tool_calls=self.calls or None)
-            )
+            self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))
             self.text = []
             self.calls = []
+        return text
 
     def tool_result(self, event: ToolResultEvent) -> None:
         self.flush()
@@ -112,11 +116,6 @@ class _Transcript:
                 is_error=event.is_error,
             )
         )
-        self.answer_start = len(self.messages)
-
-    def output(self) -> str:
-        self.flush()
-        return "".join(m.content for m in self.messages[self.answer_start :] if m.role == "assistant")
 
 
 Emit = Callable[[RunItem], Awaitable[None]]
@@ -126,7 +125,7 @@ Emit = Callable[[RunItem], Awaitable[None]]
 class Run:
     """A turn of `agent` on `input`, optionally within a session."""
 
-    __slots__ = ("agent", "context", "id", "input", "session_id")
+    __slots__ = ("_number", "agent", "context", "input", "session_id")
 
     def __init__(
         self, context: AppContext, agent: RegisteredAgent, input: str, session_id: str | None
@@ -135,7 +134,12 @@ class Run:
         self.agent = agent
         self.input = input
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
-        self.id = f"{_RUN_PREFIX}{next(_run_numbers):x}"
+        self._number = next(_run_numbers)
+
+    @property
+    def id(self) -> str:
+        """Unique across processes: a random per-process prefix and a counter."""
+        return f"{_RUN_PREFIX}{self._number:x}"
 
     async def drive(self, emit: Emit | None = None, receive: Receive | None = None) -> DoneEvent | None:
         """Run the turn to its end under the app's guard; returns its `done` event.
@@ -188,12 +192,12 @@ class Run:
             try:
                 await stream.aclose()  # type: ignore[attr-defined]
             finally:  # even when closing the agent fails or is cancelled
-                transcript.flush()
+                output = transcript.flush()
                 if self.session_id is not None and transcript.messages:
                     with turn.shielded():
                         await self.context.store.append(self.session_id, transcript.messages)
         return DoneEvent(
-            output=transcript.output(),
+            output=output,
             agent_name=agent.name,
             session_id=self.session_id,
             steps=max(transcript.steps, 1),

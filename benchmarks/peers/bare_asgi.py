@@ -1,12 +1,13 @@
 """The practical limit: the benchmarked routes as one hand-written ASGI callable.
 
 No framework: a dict from (method, path) to a coroutine, msgspec structs
-with encoders and decoders built once, constant bytes pre-encoded, and SSE
-events that are ready together written in one `send` (as `orbiter_asgi`
-does: all the words of an undelayed echo answer are ready at once). It serves the same contract as
-`orbiter_asgi` for these routes, including in-memory sessions, but none of
-its other behaviour (heartbeats, disconnect watching, error shapes beyond
-the few below).
+(untracked by the garbage collector, as `orbiter_asgi`'s events are) with
+encoders and decoders built once, constant bytes pre-encoded, and SSE events
+that are ready together written in one `send` (as `orbiter_asgi` does: all
+the words of an undelayed echo answer are ready at once). It serves the same
+contract as `orbiter_asgi` for these routes, including in-memory sessions,
+but none of its other behaviour (heartbeats, disconnect watching, error
+shapes beyond the few below).
 """
 
 from __future__ import annotations
@@ -26,20 +27,20 @@ AGENT = "assistant"
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 
 
-class Usage(msgspec.Struct):
+class Usage(msgspec.Struct, gc=False):
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
 
 
-class ChatRequest(msgspec.Struct, kw_only=True):
+class ChatRequest(msgspec.Struct, kw_only=True, gc=False):
     input: str
     agent_name: str | None = None
     session_id: str | None = None
     stream: bool = False
 
 
-class ChatResponse(msgspec.Struct, kw_only=True):
+class ChatResponse(msgspec.Struct, kw_only=True, gc=False):
     output: str
     agent_name: str
     session_id: str | None
@@ -47,11 +48,11 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     usage: Usage
 
 
-class TextEvent(msgspec.Struct, tag="text", tag_field="type"):
+class TextEvent(msgspec.Struct, tag="text", tag_field="type", gc=False):
     content: str
 
 
-class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
+class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True, gc=False):
     output: str
     agent_name: str
     session_id: str | None
@@ -59,7 +60,7 @@ class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True):
     usage: Usage
 
 
-class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True, gc=False):
     error: str
     code: str
 
