@@ -13,6 +13,7 @@ guard) ends the run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Send
@@ -55,7 +56,7 @@ def frame(event_id: int, event: Event) -> bytes:
     return _escape_separators(b"id: %d\ndata: %b\n\n" % (event_id, encode(event)))
 
 
-def frames(first_id: int, events: list[Event]) -> bytes:
+def frames(first_id: int, events: Sequence[Event]) -> bytes:
     """Events that were ready together, numbered from `first_id`, as one chunk."""
     chunk = b"".join([b"id: %d\ndata: %b\n\n" % (n, encode(e)) for n, e in enumerate(events, first_id)])
     return _escape_separators(chunk)

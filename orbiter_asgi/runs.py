@@ -37,8 +37,8 @@ from .runtime.loop import AgentEvent
 
 __all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
 
-RunItem = Event | list[Event]
-"""What a run emits: an event, or a list of events that were ready together."""
+RunItem = Event | list[TextEvent]
+"""What a run emits: an event, or a list of text deltas that were ready together."""
 
 # Run ids: unique across processes (a random prefix) and cheap (a counter).
 _RUN_PREFIX = secrets.token_hex(6)
@@ -65,7 +65,7 @@ class _Transcript:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
-        self.text: list[str] = []
+        self.text: list[TextEvent] = []  # joined once, when the message closes
         self.calls: list[ToolCall] = []
         self.usage = Usage()
         self.steps = 0  # one `Usage` per model call
@@ -73,7 +73,7 @@ class _Transcript:
     def record(self, event: AgentEvent) -> None:
         kind = type(event)
         if kind is TextEvent:
-            self.text.append(event.content)  # type: ignore[union-attr]
+            self.text.append(event)  # type: ignore[arg-type]
         elif kind is Usage:
             self.usage += event  # type: ignore[operator]
             self.steps += 1
@@ -82,26 +82,12 @@ class _Transcript:
         elif kind is ToolResultEvent:
             self.tool_result(event)  # type: ignore[arg-type]
 
-    def record_many(self, events: list[AgentEvent]) -> list[Event]:
-        """`record` a batch; returns it without the `Usage` entries (not for clients)."""
-        append = self.text.append
-        usage_seen = False
-        for event in events:
-            if type(event) is TextEvent:
-                append(event.content)
-            else:
-                usage_seen = usage_seen or type(event) is Usage
-                self.record(event)
-        if usage_seen:
-            return [e for e in events if type(e) is not Usage]  # type: ignore[misc]
-        return events  # type: ignore[return-value]
-
     def flush(self) -> str:
         """Close the assistant message being written; returns its text."""
-        text = "".join(self.text)
+        text = "".join([event.content for event in self.text])
         if self.text or self.calls:
             self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))
-            self.text = []
+            self.text.clear()  # in place: the run holds on to this list
             self.calls = []
         return text
 
@@ -168,15 +154,16 @@ class Run:
         agent = self.agent
         transcript = _Transcript()
         record = transcript.record
+        text = transcript.text
         stream = agent.stream(self.input, history)
         emitting = False  # whether an error comes from `emit`, not from the agent
         try:
             async for item in stream:
-                if type(item) is list:  # events that were ready together stay together
-                    batch = transcript.record_many(item)
-                    if batch and emit is not None:
+                if type(item) is list:  # text deltas that were ready together stay together
+                    text += item
+                    if emit is not None:
                         emitting = True
-                        await emit(batch)
+                        await emit(item)
                         emitting = False
                 else:
                     record(item)  # type: ignore[arg-type]

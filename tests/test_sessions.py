@@ -267,3 +267,48 @@ async def test_tool_calls_are_stored_in_replayable_form() -> None:
         {"role": "tool", "content": "5", "tool_call_id": "call_1", "name": "add"},
         {"role": "assistant", "content": "The sum is 5"},
     ]
+
+
+async def test_batched_provider_output_streams_and_stores_like_single_events() -> None:
+    # providers may yield events that were ready together as one list, text and tool
+    # calls mixed; the stream, the answer and the history must not tell the difference
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    from orbiter_asgi import TextEvent, ToolCallEvent, Usage
+    from orbiter_asgi.providers.base import ModelRequest
+
+    class Batched:
+        async def stream(self, request: ModelRequest):  # type: ignore[no-untyped-def]
+            if request.messages[-1].role == "tool":
+                yield [TextEvent("The sum "), TextEvent("is "), TextEvent(request.messages[-1].content)]
+                yield []
+            else:
+                yield [TextEvent("Let "), TextEvent("me add. ")]
+                yield [TextEvent("Now: "), ToolCallEvent(id="c1", name="add", arguments={"a": 2, "b": 3})]
+            yield Usage(input_tokens=1, output_tokens=1, total_tokens=2)
+
+        async def aclose(self) -> None:
+            pass
+
+    agent = Agent("calc", model="openai:fake", tools=[add], provider=Batched())
+    async with client_for(create_app(agents=[agent])) as client:
+        streamed = await client.post("/chat", json={"input": "2+3?", "session_id": "b", "stream": True})
+        answer = await client.post("/chat", json={"input": "again", "session_id": "b"})
+        messages = (await client.get("/sessions/b/messages")).json()
+    events = sse_events(streamed.text)
+    kinds = [e["type"] if isinstance(e, dict) else e for e in events]
+    assert kinds == ["text"] * 3 + ["tool_call", "tool_result"] + ["text"] * 3 + ["done", "[DONE]"]
+    texts = "".join(e["content"] for e in events if isinstance(e, dict) and e["type"] == "text")
+    assert texts == "Let me add. Now: The sum is 5"
+    done = events[-2]
+    assert isinstance(done, dict) and done["output"] == "The sum is 5" and done["steps"] == 2
+    assert answer.json()["output"] == "The sum is 5"
+    assert [(m["role"], m["content"]) for m in messages[:4]] == [
+        ("user", "2+3?"),
+        ("assistant", "Let me add. Now: "),
+        ("tool", "5"),
+        ("assistant", "The sum is 5"),
+    ]
+    assert messages[1]["tool_calls"] == [{"id": "c1", "name": "add", "arguments": {"a": 2, "b": 3}}]
