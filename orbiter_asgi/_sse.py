@@ -1,13 +1,13 @@
 """Server-Sent Events: framing, and the pump that sends one run as a stream.
 
-The run is driven in the request's own task and each item it emits is
-written at once: one event, or all the events that were ready together (the
-run passes those as one list), in one write. `send` blocking on a slow client
-blocks the run, which is ASGI backpressure with nothing buffered. A silent
-stream gets a comment heartbeat from a timer, which starts a task only when
-the stream has been idle for a whole interval. The client going away
-(`OSError` from `send` under ASGI 2.4, or `http.disconnect` seen by the run's
-guard) ends the run.
+The run is driven in the request's own task. What it emits within one
+event-loop iteration (one event, or a list of text deltas that were ready
+together) leaves in one write; a slow client holds back the run, which is
+ASGI backpressure with at most one chunk waiting. A silent stream gets a
+comment heartbeat from a timer, which starts a task only when the stream
+has been idle for a whole interval. The client going away (`OSError` from
+`send` under ASGI 2.4, or `http.disconnect` seen by the run's guard) ends
+the run.
 """
 
 from __future__ import annotations
@@ -69,61 +69,114 @@ def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
 
 
 class _Writer:
-    """Writes body chunks, and heartbeats between them while the run is silent."""
+    """The body of one SSE response: its chunks, batched, and heartbeats.
 
-    __slots__ = ("_handle", "_interval", "_loop", "_ping", "_send", "_writing", "last_write")
+    Chunks pushed within one event-loop iteration leave in one send, so a run
+    whose events are all ready at once (an `echo` answer) is answered in one
+    write after the headers. When the run yields to the loop (a model
+    streaming over the network), what it pushed is sent by a task the loop
+    runs next; the run waits for that send before it pushes more, so a slow
+    reader holds the run back and at most one chunk waits. The heartbeat
+    timer is armed only once the stream outlives its first loop iteration.
+    Without asyncio (trio) every chunk is sent at once, without heartbeats.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_error",
+        "_flushing",
+        "_interval",
+        "_loop",
+        "_pending",
+        "_scheduled",
+        "_send",
+        "_timer",
+        "last_write",
+    )
 
     def __init__(self, send: Send, interval: float | None) -> None:
         self._send = send
         self._interval = interval
-        self._ping: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._writing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        if interval is not None:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:  # not asyncio (trio): no heartbeats
-                return
-            self.last_write = self._loop.time()
-            self._handle = self._loop.call_later(interval, self._tick)
+        self._pending: list[bytes] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._error: Exception | None = None
+        self._closed = False
+        self._scheduled = True
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio
+            self._loop = None
+            return
+        self.last_write = self._loop.time()
+        self._loop.call_soon(self._on_next_iteration)
+
+    async def push(self, chunk: bytes) -> None:
+        """Send `chunk` once the run yields to the loop, with what else it pushes until then."""
+        if self._loop is None:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+            return
+        if self._flushing is not None:  # one send at a time
+            await asyncio.shield(self._flushing)
+        if self._error is not None:
+            raise self._error
+        self._pending.append(chunk)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._on_next_iteration)
+
+    async def finish(self, chunk: bytes) -> None:
+        """Send what is pending and `chunk`, and end the response."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._error is not None:
+            raise self._error
+        if self._pending:
+            chunk = b"".join([*self._pending, chunk])
+            self._pending.clear()
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": False})
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._flushing is not None:
+            self._flushing.cancel()
+
+    def _on_next_iteration(self) -> None:
+        # the run yielded to the loop, or has ended
+        self._scheduled = False
+        if self._closed:
+            return
+        assert self._loop is not None
+        if self._timer is None and self._interval is not None:
+            self._timer = self._loop.call_later(self._interval, self._tick)
+        if self._pending and self._flushing is None:
+            self._flushing = self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        assert self._loop is not None
+        try:
+            while self._pending:
+                body = b"".join(self._pending)
+                self._pending.clear()
+                await self._send({"type": "http.response.body", "body": body, "more_body": True})
+                self.last_write = self._loop.time()
+        except Exception as exc:  # `OSError`: the client left; the run learns at its next push
+            self._error = exc
+        finally:
+            self._flushing = None
 
     def _tick(self) -> None:
         assert self._loop is not None and self._interval is not None
         idle = self._loop.time() - self.last_write
-        if self._writing or self._ping is not None:
+        if self._flushing is not None or self._pending:
             idle = 0.0  # a send is under way (maybe held by a slow reader): look again later
         elif idle >= self._interval:
-            self._ping = self._loop.create_task(self._send_ping())
+            self._pending.append(HEARTBEAT)
+            self._flushing = self._loop.create_task(self._flush())
             idle = 0.0
-        self._handle = self._loop.call_later(self._interval - idle, self._tick)
-
-    async def _send_ping(self) -> None:
-        try:
-            await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-        except OSError:
-            pass  # the client is gone; the next write says so to the pump
-        finally:
-            self._ping = None
-            if self._loop is not None:
-                self.last_write = self._loop.time()
-
-    async def write(self, body: bytes, more_body: bool = True) -> None:
-        if self._ping is not None:  # never two sends at once
-            await asyncio.shield(self._ping)
-        self._writing = True
-        try:
-            await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
-        finally:
-            self._writing = False
-            if self._loop is not None:
-                self.last_write = self._loop.time()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        if self._ping is not None:
-            self._ping.cancel()
+        self._timer = self._loop.call_later(self._interval - idle, self._tick)
 
 
 async def send_event_stream(
@@ -153,7 +206,7 @@ async def send_event_stream(
         else:
             event_id += 1
             chunk = frame(event_id, item)  # type: ignore[arg-type]
-        await writer.write(chunk)
+        await writer.push(chunk)
 
     try:
         last: Event | None
@@ -164,7 +217,7 @@ async def send_event_stream(
         except Exception as exc:
             last = error_event(exc, run.agent.name)
         if last is not None:  # `done` or an error goes out with [DONE], unless the client left
-            await writer.write(frame(event_id + 1, last) + DONE, more_body=False)
+            await writer.finish(frame(event_id + 1, last) + DONE)
     except OSError:
         pass  # the client went away mid-send; the run has ended
     finally:

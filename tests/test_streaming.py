@@ -149,6 +149,43 @@ async def test_idle_stream_gets_comment_heartbeats() -> None:
     assert chunks[-1].endswith(b"data: [DONE]\n\n")
 
 
+@pytest.mark.anyio
+async def test_events_ready_together_leave_in_one_write() -> None:
+    # an undelayed echo answer is ready at once: headers, then one body with done and [DONE]
+    app = create_app(agents=[Agent("assistant")])
+    chunks: list[bytes] = []
+
+    async def on_chunk(message: dict[str, Any]) -> bool:
+        chunks.append(message["body"])
+        return False
+
+    await _drive(app, http_scope("GET", "/stream", b"input=one+two+three"), b"", on_chunk)
+    assert len(chunks) == 1
+    assert [e["type"] for e in sse_events(chunks[0].decode()) if isinstance(e, dict)] == ["text"] * 3 + ["done"]
+    assert chunks[0].endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.anyio
+async def test_words_that_come_apart_are_written_as_they_come() -> None:
+    # a slowed-down model: each word is written before the next one is produced
+    app = create_app(agents=[Agent("assistant", model="echo?delay=0.02")])
+    chunks: list[bytes] = []
+
+    async def on_chunk(message: dict[str, Any]) -> bool:
+        chunks.append(message["body"])
+        return False
+
+    with anyio.fail_after(5):
+        await _drive(app, http_scope("GET", "/stream", b"input=one+two+three"), b"", on_chunk)
+    # the last word is ready together with the end of the run: they share the final write
+    assert [sse_events(c.decode()) for c in chunks[:2]] == [
+        [{"type": "text", "content": "one "}],
+        [{"type": "text", "content": "two "}],
+    ]
+    assert len(chunks) == 3 and chunks[2].startswith(b'id: 3\ndata: {"type":"text","content":"three"}')
+    assert chunks[2].endswith(b"data: [DONE]\n\n")
+
+
 # --- WebSocket ---------------------------------------------------------------
 
 
