@@ -31,7 +31,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -47,21 +47,32 @@ def query_params(scope: Scope) -> dict[str, str]:
 
 
 def _is_json(content_type: bytes | None) -> bool:
-    if content_type is None:
+    if content_type is None or content_type == b"application/json":
         return True  # clients that send no type still mean JSON
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
-async def read_body(scope: Scope, receive: Receive, max_size: int = DEFAULT_MAX_BODY) -> bytes:
-    """The whole body; 413 as soon as it is known to pass `max_size`."""
-    declared = header(scope, b"content-length")
+async def read_body(
+    scope: Scope, receive: Receive, max_size: int = DEFAULT_MAX_BODY, declared: bytes | None = None
+) -> bytes:
+    """The whole body; 413 as soon as it is known to pass `max_size`.
+
+    `declared` is the `content-length` header, when the caller has it at hand.
+    """
+    if declared is None:
+        declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_size:
         raise PayloadTooLarge(f"Request body exceeds {max_size} bytes")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the common case: one message
+        if len(body) > max_size:
+            raise PayloadTooLarge(f"Request body exceeds {max_size} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestError("Client disconnected before the body was read")
         chunk = message.get("body", b"")
@@ -72,7 +83,8 @@ async def read_body(scope: Scope, receive: Receive, max_size: int = DEFAULT_MAX_
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()
+    return b"".join(chunks)
 
 
 class UnsupportedMediaType(RequestError):
@@ -83,9 +95,16 @@ class UnsupportedMediaType(RequestError):
 async def read_json(
     scope: Scope, receive: Receive, decoder: Decoder[Any], max_size: int = DEFAULT_MAX_BODY
 ) -> Any:
-    if not _is_json(header(scope, b"content-type")):
+    content_type = length = None
+    for key, value in scope["headers"]:  # one pass for both; the first of each counts
+        if key == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif key == b"content-length" and length is None:
+            length = value
+    if not _is_json(content_type):
         raise UnsupportedMediaType("Content-Type must be application/json")
-    body = await read_body(scope, receive, max_size)
+    body = await read_body(scope, receive, max_size, length)
     if not body:
         raise RequestError("Request body is empty; expected a JSON object")
     return decoder.decode(body)
@@ -94,10 +113,7 @@ async def read_json(
 async def send_json(
     send: Send, body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    raw_headers = [_JSON_TYPE, (b"content-length", b"%d" % len(body))]
     if headers:
         raw_headers.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})

@@ -15,7 +15,7 @@ from ._http import Endpoint, send_json
 from ._workspace import list_files, resolve_file
 from .exceptions import NotFoundError
 from .models import AgentDetail, AgentInfo, ErrorDetail, WorkspaceFile
-from .registry import RegisteredAgent
+from .registry import AgentRegistry, RegisteredAgent
 from .routing import Operation, Router
 
 __all__ = ["agent_router"]
@@ -32,12 +32,19 @@ def _workspace(agent: RegisteredAgent) -> Path:
 
 
 class ListAgents(Endpoint):
+    def __init__(self) -> None:
+        # the encoded list, for the registry and version it was made from
+        self._cached: tuple[AgentRegistry, int, bytes] | None = None
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        agents = get_context(scope).agents.entries()
-        body = encode(
-            [AgentInfo(name=a.name, model=a.model, description=a.description) for a in agents]
-        )
-        await send_json(send, body)
+        registry = get_context(scope).agents
+        cached = self._cached
+        if cached is None or cached[0] is not registry or cached[1] != registry.version:
+            body = encode(
+                [AgentInfo(name=a.name, model=a.model, description=a.description) for a in registry.entries()]
+            )
+            cached = self._cached = (registry, registry.version, body)
+        await send_json(send, cached[2])
 
 
 class GetAgent(Endpoint):

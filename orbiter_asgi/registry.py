@@ -158,6 +158,7 @@ class AgentRegistry(Mapping[str, Any]):
     def __init__(self, agents: Mapping[str, Any] | Sequence[Any] | None = None) -> None:
         self._agents: dict[str, RegisteredAgent] = {}
         self._default: str | None = None
+        self.version = 0  # bumped by every change, so listings can be cached
         if isinstance(agents, Mapping):
             for agent_name, agent in agents.items():
                 self.register(agent, name=agent_name)
@@ -168,17 +169,20 @@ class AgentRegistry(Mapping[str, Any]):
     def register(self, agent: Any, *, name: str | None = None, default: bool = False) -> RegisteredAgent:
         entry = adapt_agent(agent, name)
         self._agents[entry.name] = entry
+        self.version += 1
         if default or self._default is None:
             self._default = entry.name
         return entry
 
     def unregister(self, name: str) -> None:
         self._agents.pop(name, None)
+        self.version += 1
         if self._default == name:
             self._default = next(iter(self._agents), None)
 
     def clear(self) -> None:
         self._agents.clear()
+        self.version += 1
         self._default = None
 
     def resolve(self, name: str | None) -> RegisteredAgent:

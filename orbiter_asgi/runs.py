@@ -61,9 +61,10 @@ class _Transcript:
     assistant message, which `flush()` closes at the end.
     """
 
-    __slots__ = ("calls", "messages", "steps", "text", "usage")
+    __slots__ = ("calls", "keep_messages", "messages", "steps", "text", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_messages: bool = True) -> None:
+        self.keep_messages = keep_messages  # only a session stores them
         self.messages: list[Message] = []
         self.text: list[TextEvent] = []  # joined once, when the message closes
         self.calls: list[ToolCall] = []
@@ -86,22 +87,24 @@ class _Transcript:
         """Close the assistant message being written; returns its text."""
         text = "".join([event.content for event in self.text])
         if self.text or self.calls:
-            self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))
+            if self.keep_messages:
+                self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))
             self.text.clear()  # in place: the run holds on to this list
             self.calls = []
         return text
 
     def tool_result(self, event: ToolResultEvent) -> None:
         self.flush()
-        self.messages.append(
-            Message(
-                role="tool",
-                content=event.content,
-                tool_call_id=event.id,
-                name=event.name,
-                is_error=event.is_error,
+        if self.keep_messages:
+            self.messages.append(
+                Message(
+                    role="tool",
+                    content=event.content,
+                    tool_call_id=event.id,
+                    name=event.name,
+                    is_error=event.is_error,
+                )
             )
-        )
 
 
 Emit = Callable[[RunItem], Awaitable[None]]
@@ -152,7 +155,7 @@ class Run:
 
     async def _drive(self, turn: Turn, history: list[Message], emit: Emit | None) -> DoneEvent:
         agent = self.agent
-        transcript = _Transcript()
+        transcript = _Transcript(keep_messages=self.session_id is not None)
         record = transcript.record
         text = transcript.text
         stream = agent.stream(self.input, history)

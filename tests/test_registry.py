@@ -114,3 +114,18 @@ async def test_register_on_an_app_with_default() -> None:
         response = await client.post("/chat", json={"input": "x"})
     assert response.json()["agent_name"] == "chosen"
     assert "chosen" not in registered_agents
+
+
+async def test_agent_listing_follows_changes_and_apps() -> None:
+    # the encoded listing is cached; every change, and every other app, must show through
+    first = create_app(agents=[Agent("a")])
+    second = create_app(agents=[Agent("b")])
+    async with client_for(first) as one, client_for(second) as two:
+        before = [a["name"] for a in (await one.get("/agents")).json()]
+        other = [a["name"] for a in (await two.get("/agents")).json()]
+        register_agent(first, Agent("c", model="echo?delay=0"))
+        added = (await one.get("/agents")).json()
+        first.agents.unregister("a")
+        removed = [a["name"] for a in (await one.get("/agents")).json()]
+    assert before == ["a"] and other == ["b"] and removed == ["c"]
+    assert [(a["name"], a["model"]) for a in added] == [("a", "echo"), ("c", "echo?delay=0")]

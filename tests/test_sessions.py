@@ -296,6 +296,7 @@ async def test_batched_provider_output_streams_and_stores_like_single_events() -
     async with client_for(create_app(agents=[agent])) as client:
         streamed = await client.post("/chat", json={"input": "2+3?", "session_id": "b", "stream": True})
         answer = await client.post("/chat", json={"input": "again", "session_id": "b"})
+        plain = await client.post("/chat", json={"input": "2+3?"})  # no session: no history kept
         messages = (await client.get("/sessions/b/messages")).json()
     events = sse_events(streamed.text)
     kinds = [e["type"] if isinstance(e, dict) else e for e in events]
@@ -304,7 +305,8 @@ async def test_batched_provider_output_streams_and_stores_like_single_events() -
     assert texts == "Let me add. Now: The sum is 5"
     done = events[-2]
     assert isinstance(done, dict) and done["output"] == "The sum is 5" and done["steps"] == 2
-    assert answer.json()["output"] == "The sum is 5"
+    assert answer.json()["output"] == plain.json()["output"] == "The sum is 5"
+    assert plain.json()["steps"] == 2
     assert [(m["role"], m["content"]) for m in messages[:4]] == [
         ("user", "2+3?"),
         ("assistant", "Let me add. Now: "),

@@ -161,7 +161,8 @@ async def test_events_ready_together_leave_in_one_write() -> None:
 
     await _drive(app, http_scope("GET", "/stream", b"input=one+two+three"), b"", on_chunk)
     assert len(chunks) == 1
-    assert [e["type"] for e in sse_events(chunks[0].decode()) if isinstance(e, dict)] == ["text"] * 3 + ["done"]
+    kinds = [e["type"] for e in sse_events(chunks[0].decode()) if isinstance(e, dict)]
+    assert kinds == ["text"] * 3 + ["done"]
     assert chunks[0].endswith(b"data: [DONE]\n\n")
 
 
