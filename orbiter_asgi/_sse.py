@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Send
@@ -25,7 +26,7 @@ from .models import ErrorEvent, Event
 if TYPE_CHECKING:
     from .runs import Run, RunItem
 
-__all__ = ["SSE_HEADERS", "error_event", "frame", "frames", "send_event_stream"]
+__all__ = ["SSE_HEADERS", "error_event", "frame", "send_event_stream", "text_frames"]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -56,10 +57,30 @@ def frame(event_id: int, event: Event) -> bytes:
     return _escape_separators(b"id: %d\ndata: %b\n\n" % (event_id, encode(event)))
 
 
-def frames(first_id: int, events: Sequence[Event]) -> bytes:
-    """Events that were ready together, numbered from `first_id`, as one chunk."""
-    chunk = b"".join([b"id: %d\ndata: %b\n\n" % (n, encode(e)) for n, e in enumerate(events, first_id)])
-    return _escape_separators(chunk)
+def text_frames(first_id: int, texts: Sequence[str]) -> bytes:
+    """Text deltas that were ready together, as `text` events numbered from `first_id`, in one chunk.
+
+    The texts are encoded in one call, as a JSON list of strings, and cut
+    apart at `","`: inside a JSON string a quote is always escaped, so that
+    sequence occurs only between items. The frames are then spliced from
+    cached `id:` prefixes in C, not formatted one by one in Python.
+    """
+    strings = encode(texts)[2:-2].split(b'","')
+    parts = zip(_text_prefixes(first_id, len(strings)), strings, repeat(b'"}\n\n'))
+    return _escape_separators(b"".join(chain.from_iterable(parts)))
+
+
+_TEXT_PREFIXES: list[bytes] = []  # [n]: the start of text frame `n`, made as ids are reached
+_MAX_CACHED_ID = 1 << 16  # ~3 MiB of prefixes at most; longer streams format the rest
+
+
+def _text_prefixes(first_id: int, count: int) -> list[bytes]:
+    end = first_id + count
+    if end > _MAX_CACHED_ID:
+        return [b'id: %d\ndata: {"type":"text","content":"' % n for n in range(first_id, end)]
+    while len(_TEXT_PREFIXES) < end:
+        _TEXT_PREFIXES.append(b'id: %d\ndata: {"type":"text","content":"' % len(_TEXT_PREFIXES))
+    return _TEXT_PREFIXES[first_id:end]
 
 
 def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
@@ -200,8 +221,8 @@ async def send_event_stream(
 
     async def emit(item: RunItem) -> None:
         nonlocal event_id
-        if type(item) is list:  # ready together: one write
-            chunk = frames(event_id + 1, item)
+        if type(item) is list:  # text deltas ready together: one write
+            chunk = text_frames(event_id + 1, item)
             event_id += len(item)
         else:
             event_id += 1

@@ -37,7 +37,7 @@ from .runtime.loop import AgentEvent
 
 __all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
 
-RunItem = Event | list[TextEvent]
+RunItem = Event | list[str]
 """What a run emits: an event, or a list of text deltas that were ready together."""
 
 # Run ids: unique across processes (a random prefix) and cheap (a counter).
@@ -66,7 +66,7 @@ class _Transcript:
     def __init__(self, *, keep_messages: bool = True) -> None:
         self.keep_messages = keep_messages  # only a session stores them
         self.messages: list[Message] = []
-        self.text: list[TextEvent] = []  # joined once, when the message closes
+        self.text: list[str] = []
         self.calls: list[ToolCall] = []
         self.usage = Usage()
         self.steps = 0  # one `Usage` per model call
@@ -74,7 +74,7 @@ class _Transcript:
     def record(self, event: AgentEvent) -> None:
         kind = type(event)
         if kind is TextEvent:
-            self.text.append(event)  # type: ignore[arg-type]
+            self.text.append(event.content)  # type: ignore[union-attr]
         elif kind is Usage:
             self.usage += event  # type: ignore[operator]
             self.steps += 1
@@ -85,7 +85,7 @@ class _Transcript:
 
     def flush(self) -> str:
         """Close the assistant message being written; returns its text."""
-        text = "".join([event.content for event in self.text])
+        text = "".join(self.text)
         if self.text or self.calls:
             if self.keep_messages:
                 self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))

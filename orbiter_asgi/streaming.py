@@ -20,7 +20,7 @@ from ._context import get_context
 from ._http import Endpoint, query_params
 from ._sse import error_event, send_event_stream
 from .exceptions import OrbiterError, RequestError
-from .models import ChatRequest, ErrorDetail, ErrorEvent, Event
+from .models import ChatRequest, ErrorDetail, ErrorEvent, Event, TextEvent
 from .routing import Operation, Router
 from .runs import Run, RunItem, start_chat, start_run
 
@@ -78,9 +78,9 @@ class ChatSocket:
                 await send({"type": "websocket.send", "text": encode(event).decode()})
 
         async def emit(item: RunItem) -> None:
-            if type(item) is list:  # one message per event, still
-                for event in item:
-                    await send_event(event)
+            if type(item) is list:  # text deltas: one message each, still
+                for text in item:
+                    await send_event(TextEvent(text))
             else:
                 await send_event(item)  # type: ignore[arg-type]
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi._codec import Decoder
 from orbiter_asgi.exceptions import RequestError
-from orbiter_asgi.models import ChatRequest, Message, SessionCreate, SessionUpdate
+from orbiter_asgi.models import ChatRequest, Message, SessionCreate, SessionUpdate, Usage
 from tests.helpers import client_for
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -208,6 +208,41 @@ async def test_query_routes(params: dict[str, str]) -> None:
     async with client_for(APP) as client:
         _check(await client.get("/stream", params=params), 200, 400, 404, 422)
         _check(await client.get("/sessions", params=params), 200, 400, 422)
+
+
+class _OneBatch:
+    """A provider that answers with the test's text deltas, all in one list of strings."""
+
+    def __init__(self) -> None:
+        self.contents: list[str] = []
+
+    async def stream(self, request: Any) -> Any:
+        yield list(self.contents)
+        yield Usage()
+
+    async def aclose(self) -> None:
+        pass
+
+
+_batch = _OneBatch()
+_BATCH_APP = create_app(agents=[Agent("batch", model="openai:x", provider=_batch)], drain_on_signal=False)
+
+
+@pytest.mark.anyio
+@FAST
+@given(contents=st.lists(text(12) | st.text('",\\{}a \u2028\u0085', max_size=8), min_size=1, max_size=12))
+async def test_a_batch_of_any_text_frames_exactly(contents: list[str]) -> None:
+    # text deltas ready together are framed in one go: every string must come back intact
+    _batch.contents = contents
+    async with client_for(_BATCH_APP) as client:
+        response = await client.post("/chat", json={"input": "x", "stream": True})
+    frames = [block for block in response.text.split("\n\n") if block]
+    assert frames[-1] == "data: [DONE]"
+    ids = [int(block.split("\n")[0].removeprefix("id: ")) for block in frames[:-1]]
+    events = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in frames[:-1]]
+    assert ids == list(range(1, len(contents) + 2))
+    assert events[:-1] == [{"type": "text", "content": c} for c in contents]
+    assert events[-1]["type"] == "done" and events[-1]["output"] == "".join(contents)
 
 
 def test_websocket_frames() -> None:

@@ -270,8 +270,8 @@ async def test_tool_calls_are_stored_in_replayable_form() -> None:
 
 
 async def test_batched_provider_output_streams_and_stores_like_single_events() -> None:
-    # providers may yield events that were ready together as one list, text and tool
-    # calls mixed; the stream, the answer and the history must not tell the difference
+    # providers may yield what was ready together as one list: text deltas as strings,
+    # or events, tool calls among them; stream, answer and history must not tell the difference
     def add(a: int, b: int) -> int:
         """Add two numbers."""
         return a + b
@@ -282,7 +282,7 @@ async def test_batched_provider_output_streams_and_stores_like_single_events() -
     class Batched:
         async def stream(self, request: ModelRequest):  # type: ignore[no-untyped-def]
             if request.messages[-1].role == "tool":
-                yield [TextEvent("The sum "), TextEvent("is "), TextEvent(request.messages[-1].content)]
+                yield ["The sum ", "is ", request.messages[-1].content]
                 yield []
             else:
                 yield [TextEvent("Let "), TextEvent("me add. ")]

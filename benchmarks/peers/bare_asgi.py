@@ -3,8 +3,9 @@
 No framework: a dict from (method, path) to a coroutine, msgspec structs
 (untracked by the garbage collector, as `orbiter_asgi`'s events are) with
 encoders and decoders built once, constant bytes pre-encoded, and SSE events
-that are ready together written in one `send` (as `orbiter_asgi` does: all
-the words of an undelayed echo answer are ready at once). It serves the same
+that are ready together framed in one go and written in one `send` (as
+`orbiter_asgi` does: all the words of an undelayed echo answer are ready at
+once). It serves the same
 contract as `orbiter_asgi` for these routes, including in-memory sessions,
 but none of its other behaviour (heartbeats, disconnect watching, error
 shapes beyond the few below).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from itertools import chain, repeat
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -149,18 +151,35 @@ def _lock(session_id: str | None) -> asyncio.Lock | None:
     return lock
 
 
+_TEXT_PREFIXES = [b'id: %d\ndata: {"type":"text","content":"' % n for n in range(4096)]
+
+
+def _text_frames(first_id: int, chunks: list[str]) -> bytes:
+    # one encode for all the words, cut apart at `","` (a quote inside a JSON
+    # string is always escaped), spliced with pre-made `id:` prefixes
+    end = first_id + len(chunks)
+    prefixes = _TEXT_PREFIXES[first_id:end] if end <= len(_TEXT_PREFIXES) else [
+        b'id: %d\ndata: {"type":"text","content":"' % n for n in range(first_id, end)
+    ]
+    strings = _encode(chunks)[2:-2].split(b'","')
+    return b"".join(chain.from_iterable(zip(prefixes, strings, repeat(b'"}\n\n'))))
+
+
 async def _sse(send: Any, turn: _Turn) -> None:
     await send(_SSE_START)
     parts: list[bytes] = []
     event_id = 0
-    for chunk in turn.chunks:
-        if DELAY:
+    if DELAY:
+        for chunk in turn.chunks:
             if parts:
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
                 parts = []
             await asyncio.sleep(DELAY)
-        event_id += 1
-        parts.append(b"id: %d\ndata: %b\n\n" % (event_id, _encode(TextEvent(chunk))))
+            event_id += 1
+            parts.append(_text_frames(event_id, [chunk]))
+    elif turn.chunks:
+        parts.append(_text_frames(1, turn.chunks))
+        event_id = len(turn.chunks)
     parts.append(b"id: %d\ndata: %b\n\n" % (event_id + 1, _encode(turn.done)))
     parts.append(_DONE)
     await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})

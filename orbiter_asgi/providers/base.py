@@ -5,11 +5,12 @@ turns one `ModelRequest` into an async stream of `TextEvent` deltas, complete
 `ToolCallEvent`s (arguments already assembled and parsed) and one `Usage` at
 the end of the call. A tool call whose arguments are not a JSON object comes
 as an `InvalidToolCall`, so the loop can answer the model with an error
-result instead of failing the run. Events that are ready at once (all those
-parsed from one network read, or all of an `echo` answer) may come as one
-list, in order: every layer above passes the list on whole, so a batch costs
-one hop per layer instead of one per event. It owns its HTTP connection pool
-and closes it in `aclose()`.
+result instead of failing the run. Text deltas that are ready at once (all
+those parsed from one network read, or all of an `echo` answer) may come as
+one list of strings, in order: every layer above passes the list on whole
+and makes no object per delta, so a batch costs one hop per layer instead of
+one per word. (A list may also hold events; the run loop then splits it.) It
+owns its HTTP connection pool and closes it in `aclose()`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class InvalidToolCall(msgspec.Struct, kw_only=True, frozen=True):
 
 
 ModelEvent = TextEvent | ToolCallEvent | InvalidToolCall | Usage
-ModelItem = ModelEvent | list[ModelEvent]  # what `Provider.stream` yields
+ModelItem = ModelEvent | list[str] | list[ModelEvent | str]  # what `Provider.stream` yields
 
 
 @runtime_checkable

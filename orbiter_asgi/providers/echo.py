@@ -44,7 +44,7 @@ class EchoProvider:
                 await anyio.sleep(delay)
                 yield TextEvent(chunk)
         elif chunks:
-            yield [TextEvent(chunk) for chunk in chunks]  # all ready at once: one batch
+            yield chunks  # all ready at once: one batch of text deltas
         # the prompt is already split: count it from `chunks`, not a second regex pass
         input_tokens = sum(
             len(chunks) if m.content is prompt else len(split_words(m.content))

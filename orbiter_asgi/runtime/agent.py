@@ -84,9 +84,9 @@ class Agent:
     ) -> AsyncIterator[AgentEvent]:
         """Events of one run: text, tool calls and results, and usage per step."""
         async for item in run_loop(self, input, messages):
-            if type(item) is list:
-                for event in item:
-                    yield event
+            if type(item) is list:  # text deltas that were ready together
+                for text in item:
+                    yield TextEvent(text)
             else:
                 yield item  # type: ignore[misc]
 

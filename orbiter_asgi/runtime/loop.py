@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["AgentEvent", "AgentItem", "run_loop"]
 
 AgentEvent = TextEvent | ToolCallEvent | ToolResultEvent | Usage
-AgentItem = AgentEvent | list[TextEvent]  # a list: text deltas that were ready together
+AgentItem = AgentEvent | list[str]  # a list: text deltas that were ready together
 
 _encode = msgspec.json.Encoder().encode
 
@@ -84,9 +84,26 @@ async def _call_tools(
     return [r for r in results if r is not None]
 
 
-def _only_text(events: list[ModelEvent]) -> bool:
+def _only_text(items: list[Any]) -> bool:
     # in C, ~3x cheaper than a Python loop over the batch
-    return list(map(type, events)).count(TextEvent) == len(events)
+    return list(map(type, items)).count(str) == len(items)
+
+
+def _split(items: list[Any]) -> list[Any]:
+    """A list that holds events too, as runs of text deltas and single events, in order."""
+    parts: list[Any] = []
+    text: list[str] = []
+    for item in items:
+        if isinstance(item, str) or type(item) is TextEvent:
+            text.append(item if isinstance(item, str) else item.content)
+            continue
+        if text:
+            parts.append(text)
+            text = []
+        parts.append(item)
+    if text:
+        parts.append(text)
+    return parts
 
 
 class _Step:
@@ -95,7 +112,7 @@ class _Step:
     __slots__ = ("calls", "invalid", "text")
 
     def __init__(self) -> None:
-        self.text: list[TextEvent] = []
+        self.text: list[str] = []
         self.calls: list[ToolCallEvent] = []
         self.invalid: dict[str, InvalidToolCall] = {}
 
@@ -104,7 +121,7 @@ class _Step:
         # exact type checks: the hot path of every streamed token
         kind = type(event)
         if kind is TextEvent:
-            self.text.append(event)  # type: ignore[arg-type]
+            self.text.append(event.content)  # type: ignore[union-attr]
             return event  # type: ignore[return-value]
         if kind is ToolCallEvent:
             self.calls.append(event)  # type: ignore[arg-type]
@@ -121,7 +138,7 @@ class _Step:
         )
 
     def content(self) -> str:
-        return "".join([event.content for event in self.text])
+        return "".join(self.text)
 
 
 async def run_loop(
@@ -148,13 +165,16 @@ async def run_loop(
             async for item in events:
                 if type(item) is not list:
                     yield step.accept(item)  # type: ignore[arg-type]
-                elif _only_text(item):  # passed on whole: no per-event work here
-                    if item:
-                        step.text += item  # type: ignore[arg-type]
-                        yield item  # type: ignore[misc]
-                else:  # a mixed batch (only custom providers make them): event by event
-                    for event in item:
-                        yield step.accept(event)
+                    continue
+                # text deltas are passed on whole, with no work per delta; a list
+                # that holds events too (from a custom provider) is split first
+                parts: list[Any] = [item] if _only_text(item) else _split(item)
+                for part in parts:
+                    if type(part) is not list:
+                        yield step.accept(part)
+                    elif part:
+                        step.text += part
+                        yield part
         finally:
             # close the provider's stream now, so a cancelled run ends its HTTP request
             aclose = getattr(events, "aclose", None)
