@@ -155,13 +155,18 @@ _TEXT_PREFIXES = [b'id: %d\ndata: {"type":"text","content":"' % n for n in range
 
 
 def _text_frames(first_id: int, chunks: list[str]) -> bytes:
-    # one encode for all the words, cut apart at `","` (a quote inside a JSON
-    # string is always escaped), spliced with pre-made `id:` prefixes
+    # one encode for all the words, cut apart at `","` and spliced with pre-made
+    # `id:` prefixes; exact unless a quote was escaped: then one by one
+    encoded = _encode(chunks)
+    if b'\\"' in encoded:
+        return b"".join(
+            b"id: %d\ndata: %b\n\n" % (n, _encode(TextEvent(c))) for n, c in enumerate(chunks, first_id)
+        )
     end = first_id + len(chunks)
     prefixes = _TEXT_PREFIXES[first_id:end] if end <= len(_TEXT_PREFIXES) else [
         b'id: %d\ndata: {"type":"text","content":"' % n for n in range(first_id, end)
     ]
-    strings = _encode(chunks)[2:-2].split(b'","')
+    strings = encoded[2:-2].split(b'","')
     return b"".join(chain.from_iterable(zip(prefixes, strings, repeat(b'"}\n\n'))))
 
 
