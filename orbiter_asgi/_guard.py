@@ -2,10 +2,10 @@
 
 Each app has one `RunGuard`. A turn is admitted only while fewer than
 `max_concurrent_runs` turns run in the app (beyond that `Overloaded`, a 503
-with `Retry-After`: refusing early beats an unbounded queue), it runs under
-a cancel scope with a wall-clock deadline (`RunTimeout`), and when the
-process drains for shutdown new turns are refused and running ones get the
-grace period before they end with `ShuttingDown`.
+with `Retry-After`: refusing early beats an unbounded queue), it runs as a
+`Turn` (a cancel scope) with a wall-clock deadline (`RunTimeout`), and when
+the process drains for shutdown new turns are refused and running ones get
+the grace period before they end with `ShuttingDown`.
 
 `drain_all()` drains every app of the process; the app's lifespan calls it
 from SIGTERM/SIGINT (chained to the server's own handlers), and embedders
@@ -25,27 +25,38 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import Receive
 
-from ._turn import Turn
-from ._watch import TurnWatcher, now
+from ._turn import AnyioTurn, Turn
 from .exceptions import Overloaded, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
     from ._context import Limits
 
-__all__ = ["RunGuard", "drain_all", "drain_on_signals"]
+__all__ = ["ARM_AFTER", "RunGuard", "drain_all", "drain_on_signals"]
 
 _guards: weakref.WeakSet[RunGuard] = weakref.WeakSet()
 
 
-class RunGuard:
-    """Counts, times and drains the running turns of one app."""
+ARM_AFTER = 0.02  # seconds a turn runs before its deadline and disconnect watch are armed
 
-    __slots__ = ("__weakref__", "_drain_at", "_turns", "_watcher", "draining", "limits")
+
+class RunGuard:
+    """Counts, times and drains the running turns of one app.
+
+    Most of a short turn's fixed cost would go to its guards: a deadline
+    timer, and a task blocked in `receive()` to notice the client leaving,
+    which must then be cancelled. Instead new turns wait in an ordered dict,
+    and one timer per app, running while there are such turns, arms those
+    older than `ARM_AFTER` (`Turn.arm`). A turn that ends sooner, like an
+    `echo` one, costs two dict operations.
+    """
+
+    __slots__ = ("__weakref__", "_armed", "_drain_at", "_tick_handle", "_young", "draining", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._turns: set[Turn] = set()
-        self._watcher = TurnWatcher()
+        self._young: dict[Turn, None] = {}  # running, not armed yet; in start order
+        self._armed: set[Turn] = set()
+        self._tick_handle: asyncio.TimerHandle | None = None
         self._drain_at = math.inf
         self.draining = False
         _guards.add(self)
@@ -53,14 +64,14 @@ class RunGuard:
     @property
     def active(self) -> int:
         """Turns running now."""
-        return len(self._turns)
+        return len(self._young) + len(self._armed)
 
     def admit(self) -> None:
         """Raise unless a new turn may start now."""
         if self.draining:
             raise ShuttingDown("The server is shutting down; retry shortly")
         limit = self.limits.max_concurrent_runs
-        if limit is not None and len(self._turns) >= limit:
+        if limit is not None and len(self._young) + len(self._armed) >= limit:
             raise Overloaded(f"Too many concurrent runs (limit {limit}); retry shortly")
 
     def running(self, receive: Receive | None = None) -> Turn:
@@ -73,21 +84,44 @@ class RunGuard:
         raises `RunTimeout` or `ShuttingDown` on leaving.
         """
         self.admit()
-        timeout = self.limits.run_timeout
-        started = now()
-        return Turn(self, started, started + timeout if timeout is not None else math.inf, receive)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not asyncio
+            return AnyioTurn(self, receive)
+        return Turn(self, task, receive)
 
     def enter(self, turn: Turn) -> None:
-        self._turns.add(turn)
+        timeout = self.limits.run_timeout
+        turn.timeout_at = turn.started + timeout if timeout is not None else math.inf
         if self._drain_at != math.inf:
             turn.set_deadline(self._drain_at)
-        # the timeout is armed by the watcher once the turn has run a little:
-        # most turns end before, and a deadline costs a timer
-        self._watcher.add(turn)
+        if turn.timeout_at - turn.started <= ARM_AFTER or turn._task is None:
+            self._armed.add(turn)  # a deadline sooner than the tick, or no asyncio: arm now
+            turn.arm()
+            return
+        self._young[turn] = None
+        if self._tick_handle is None:
+            self._tick_handle = turn._task.get_loop().call_later(ARM_AFTER, self._tick)
 
     def exit(self, turn: Turn) -> None:
-        self._turns.discard(turn)
-        self._watcher.discard(turn)
+        if turn.armed:
+            self._armed.discard(turn)
+            turn.disarm()
+        else:
+            del self._young[turn]
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        threshold = loop.time() - ARM_AFTER
+        young = self._young
+        while young:
+            turn = next(iter(young))
+            if turn.started > threshold:
+                break
+            del young[turn]
+            self._armed.add(turn)
+            turn.arm()
+        self._tick_handle = loop.call_later(ARM_AFTER, self._tick) if young else None
 
     def raise_for(self, turn: Turn) -> None:
         """The error of a turn its deadline or the drain cut short."""
@@ -113,7 +147,7 @@ class RunGuard:
         grace = self.limits.grace_period if grace is None else grace
         now = anyio.current_time() if now is None else now
         self._drain_at = min(self._drain_at, now + grace)
-        for turn in list(self._turns):
+        for turn in [*self._young, *self._armed]:
             turn.set_deadline(self._drain_at)
 
 

@@ -5,10 +5,14 @@ On asyncio a turn cancels its task the way `asyncio.timeout` does:
 cancellation back (`task.uncancel()`) and swallows it. No anyio cancel
 scope is entered: on a turn that ends within microseconds, as most `echo`
 turns do, anyio's per-task bookkeeping would cost more than the turn's own
-work. On other event loops (trio) the turn enters an anyio `CancelScope`.
+work. On other event loops (trio) an `AnyioTurn` enters an anyio
+`CancelScope` instead.
 
 The cancellation is delivered once. While the turn is `shielded()`, writing
 the history of a cancelled or finished turn, it waits until the shield ends.
+
+A turn's deadline and disconnect watch are armed by its `RunGuard` only once
+it has run a little (`arm()`); a turn that ends sooner never makes a timer.
 """
 
 from __future__ import annotations
@@ -24,26 +28,25 @@ from starlette.types import Receive
 if TYPE_CHECKING:
     from ._guard import RunGuard
 
-__all__ = ["Turn"]
+__all__ = ["AnyioTurn", "Turn"]
 
 # states of a turn's cancellation
 _NONE, _PENDING, _DELIVERED = 0, 1, 2
 
 
 class Turn:
-    """One admitted turn: `with guard.running(receive) as turn:`.
+    """One admitted turn of an asyncio task: `with guard.running(receive) as turn:`.
 
-    `started` and `timeout_at` are loop times; `deadline` is the one in force
-    (the timeout is armed by the guard's `TurnWatcher` once the turn lasts).
+    `started` and `timeout_at` are loop times; `deadline` is the one in force.
     """
 
     __slots__ = (
-        "_anyio",
         "_cancel",
         "_cancelling",
         "_shields",
         "_task",
         "_timer",
+        "armed",
         "cancelled_caught",
         "deadline",
         "disconnected",
@@ -54,35 +57,25 @@ class Turn:
         "watcher",
     )
 
-    def __init__(
-        self, guard: RunGuard, started: float, timeout_at: float, receive: Receive | None
-    ) -> None:
+    started: float
+    timeout_at: float
+    _cancelling: int
+
+    def __init__(self, guard: RunGuard, task: asyncio.Task[object] | None, receive: Receive | None) -> None:
         self.guard = guard
-        self.started = started
-        self.timeout_at = timeout_at
+        self._task = task
         self.receive = receive
         self.deadline = math.inf
-        self.disconnected = False
-        self.cancelled_caught = False
+        self.armed = self.disconnected = self.cancelled_caught = False
         self.watcher: asyncio.Task[None] | None = None
-        self._task: asyncio.Task[object] | None = None
-        self._anyio: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._cancel = _NONE
-        self._cancelling = 0
         self._shields = 0
 
     def __enter__(self) -> Turn:
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no asyncio loop runs this task
-            task = None
-        if task is None:
-            self._anyio = anyio.CancelScope()
-            self._anyio.__enter__()
-        else:
-            self._task = task
-            self._cancelling = task.cancelling()
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+        self.started = self._task.get_loop().time()
         self.guard.enter(self)
         return self
 
@@ -93,13 +86,8 @@ class Turn:
         traceback: TracebackType | None,
     ) -> bool:
         self.guard.exit(self)
-        if self._timer is not None:
-            self._timer.cancel()
         swallowed = False
-        if self._anyio is not None:
-            swallowed = bool(self._anyio.__exit__(exc_type, exc, traceback))
-            self.cancelled_caught = self._anyio.cancelled_caught
-        elif self._cancel == _DELIVERED:
+        if self._cancel == _DELIVERED:
             assert self._task is not None
             if self._task.uncancel() <= self._cancelling and exc_type is not None:
                 swallowed = self.cancelled_caught = issubclass(exc_type, asyncio.CancelledError)
@@ -108,11 +96,22 @@ class Turn:
             self.guard.raise_for(self)
         return swallowed
 
+    def arm(self) -> None:
+        """Set the turn's timeout, and watch for its client leaving."""
+        self.armed = True
+        self.set_deadline(self.timeout_at)
+        if self.receive is not None:
+            self.watcher = asyncio.get_running_loop().create_task(_watch(self, self.receive))
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
+
     def cancel(self) -> None:
         """End the turn: at once, or when the shielded part ends."""
-        if self._anyio is not None:
-            self._anyio.cancel()
-        elif self._cancel == _NONE:
+        if self._cancel == _NONE:
             self._cancel = _PENDING
             self._deliver()
 
@@ -121,9 +120,7 @@ class Turn:
         if deadline >= self.deadline:
             return
         self.deadline = deadline
-        if self._anyio is not None:
-            self._anyio.deadline = deadline
-        elif self._task is not None and self._cancel == _NONE:
+        if self._task is not None and self._cancel == _NONE:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._task.get_loop().call_at(deadline, self.cancel)
@@ -137,6 +134,46 @@ class Turn:
             assert self._task is not None
             self._cancel = _DELIVERED
             self._task.cancel()
+
+
+class AnyioTurn(Turn):
+    """A turn on an event loop other than asyncio: an anyio cancel scope does it all."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, guard: RunGuard, receive: Receive | None) -> None:
+        super().__init__(guard, None, receive)
+        self._scope = anyio.CancelScope()
+
+    def __enter__(self) -> Turn:
+        self._scope.__enter__()
+        self.started = anyio.current_time()
+        self.guard.enter(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self.guard.exit(self)
+        swallowed = bool(self._scope.__exit__(exc_type, exc, traceback))
+        self.cancelled_caught = self._scope.cancelled_caught
+        if self.cancelled_caught:
+            self.guard.raise_for(self)
+        return swallowed
+
+    def arm(self) -> None:
+        self.armed = True
+        self.set_deadline(self.timeout_at)  # no disconnect watch: it would need an asyncio task
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    def set_deadline(self, deadline: float) -> None:
+        if deadline < self.deadline:
+            self.deadline = self._scope.deadline = deadline
 
 
 class _Shield:
@@ -160,4 +197,12 @@ class _Shield:
     ) -> None:
         self._scope.__exit__(exc_type, exc, traceback)
         self._turn._shields -= 1
-        self._turn._deliver()
+        if self._turn._task is not None:
+            self._turn._deliver()
+
+
+async def _watch(turn: Turn, receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    turn.disconnected = True
+    turn.cancel()
