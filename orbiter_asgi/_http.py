@@ -8,11 +8,12 @@ FastAPI-shaped errors.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._codec import Decoder, RequestValidationError, encode
 from .exceptions import OrbiterError, PayloadTooLarge, RequestError
@@ -135,30 +136,22 @@ _INTERNAL_ERROR = b'{"detail":"Internal Server Error"}'
 class Endpoint:
     """An ASGI endpoint that renders `OrbiterError` as `{"detail": ...}`.
 
-    Subclasses implement `handle`. Errors raised after the response started
-    cannot become a status code; streaming endpoints turn them into events.
+    Subclasses implement `handle`, and raise `OrbiterError` only before they
+    respond: once a response has started, an error cannot become a status
+    code (streaming endpoints turn theirs into events).
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.handle(scope, receive, tracking_send)
+            await self.handle(scope, receive, send)
         except OrbiterError as exc:
-            if started:
-                raise
             extra = [(b"retry-after", b"1")] if exc.status_code == 503 else None
             await send_json(send, error_body(exc), exc.status_code, extra)
         except Exception:
             # a bug: answer like Starlette's ServerErrorMiddleware would (the app may
-            # call this endpoint without it), then let the server log it
-            if not started:
+            # call this endpoint without it), unless the response had already started
+            # (the server refuses a second start), then let the server log it
+            with contextlib.suppress(Exception):
                 await send_json(send, _INTERNAL_ERROR, 500)
             raise
 

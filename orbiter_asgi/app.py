@@ -209,35 +209,32 @@ class OrbiterApp(MethodDecorators, Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.context
-        if scope["type"] == "http" and self._direct is not None:
+        if scope["type"] == "http" and not self.user_middleware:
+            # our own endpoints on fixed paths render their own errors: with no
+            # middleware in between they skip Starlette's middleware and route scan
             path: str = scope["path"]
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            endpoint = self._direct.get((scope["method"], path))
+            direct = self._direct_routes
+            if direct is None:
+                direct = self._direct_routes = self._fixed_path_endpoints()
+            endpoint = direct.get((scope["method"], path))
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-    @property
-    def _direct(self) -> dict[tuple[str, str], Endpoint] | None:
-        """Our own endpoints on fixed paths, called without Starlette's middleware
-        and route scan when nothing sits in between (they render their own errors);
-        None as soon as any middleware is configured."""
-        if self.user_middleware:
-            return None
-        if self._direct_routes is None:
-            table: dict[tuple[str, str], Endpoint] = {}
-            for route in self.router.routes:
-                if not isinstance(route, Route) or "{" in route.path:
-                    continue
-                if isinstance(route.endpoint, Endpoint):
-                    for method in route.methods or ():
-                        table.setdefault((method, route.path), route.endpoint)
-            self._direct_routes = table
-        return self._direct_routes
+    def _fixed_path_endpoints(self) -> dict[tuple[str, str], Endpoint]:
+        table: dict[tuple[str, str], Endpoint] = {}
+        for route in self.router.routes:
+            if not isinstance(route, Route) or "{" in route.path:
+                continue
+            if isinstance(route.endpoint, Endpoint):
+                for method in route.methods or ():
+                    table.setdefault((method, route.path), route.endpoint)
+        return table
 
     def openapi(self) -> bytes:
         if self._openapi is None:

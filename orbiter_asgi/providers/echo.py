@@ -45,11 +45,10 @@ class EchoProvider:
                 yield TextEvent(chunk)
         elif chunks:
             yield chunks  # all ready at once: one batch of text deltas
-        # the prompt is already split: count it from `chunks`, not a second regex pass
-        input_tokens = sum(
-            len(chunks) if m.content is prompt else len(split_words(m.content))
-            for m in request.messages
-        )
+        input_tokens = 0
+        for message in request.messages:
+            # the prompt is already split: count it from `chunks`, not a second regex pass
+            input_tokens += len(chunks) if message.content is prompt else len(split_words(message.content))
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=len(chunks),

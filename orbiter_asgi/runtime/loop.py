@@ -165,16 +165,17 @@ async def run_loop(
             async for item in events:
                 if type(item) is not list:
                     yield step.accept(item)  # type: ignore[arg-type]
-                    continue
-                # text deltas are passed on whole, with no work per delta; a list
-                # that holds events too (from a custom provider) is split first
-                parts: list[Any] = [item] if _only_text(item) else _split(item)
-                for part in parts:
-                    if type(part) is not list:
-                        yield step.accept(part)
-                    elif part:
-                        step.text += part
-                        yield part
+                elif _only_text(item):  # text deltas: passed on whole, no work per delta
+                    if item:
+                        step.text += item  # type: ignore[arg-type]
+                        yield item  # type: ignore[misc]
+                else:  # a list that holds events too (from a custom provider)
+                    for part in _split(item):
+                        if type(part) is list:
+                            step.text += part
+                            yield part
+                        else:
+                            yield step.accept(part)
         finally:
             # close the provider's stream now, so a cancelled run ends its HTTP request
             aclose = getattr(events, "aclose", None)
