@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -130,3 +131,19 @@ async def test_crashed_lock_holder_does_not_wedge_the_session(shared_url: str) -
         if child.stdout is not None:
             child.stdout.close()
         await store.aclose()
+
+
+async def test_many_workers_opening_one_new_sqlite_file_at_once(tmp_path: Path) -> None:
+    # every worker of a fresh deployment opens the file at the same moment; switching a
+    # new file to WAL takes a lock SQLite does not wait for, so each opener must retry it
+    for attempt in range(40):
+        url = f"sqlite:///{tmp_path}/fresh{attempt}.db"
+        stores = [open_store(url) for _ in range(8)]
+        try:
+            async with anyio.create_task_group() as group:
+                for n, store in enumerate(stores):
+                    group.start_soon(partial(store.history, f"s{n}", agent_name=None))  # creates it
+            assert [len(await stores[0].messages(f"s{n}")) for n in range(8)] == [0] * 8
+        finally:
+            for store in stores:
+                await store.aclose()
