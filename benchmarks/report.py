@@ -59,7 +59,6 @@ def render(
     targets: Sequence[str],
     *,
     header: str,
-    skipped: Sequence[str] = (),
 ) -> str:
     first = targets[0]
     lines = [header, ""]
@@ -120,6 +119,4 @@ def render(
                 f"| {r.open_seconds:.1f} | {r.baseline_rss / 2**20:.0f} | {r.peak_rss / 2**20:.0f} "
                 f"| {r.per_stream_kib:.1f} |"
             )
-    for line in skipped:
-        lines += ["", f"- {line}"]
     return "\n".join(lines) + "\n"

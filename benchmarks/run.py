@@ -58,10 +58,6 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _has_sqlite_store() -> bool:
-    return importlib.util.find_spec("orbiter_asgi.stores.sqlite") is not None
-
-
 def _versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -186,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
                 [IdleResult(**r) for r in raw["idle"]],
                 raw["targets"],
                 header=raw["header"],
-                skipped=raw["skipped"],
             )
         )
         return 0
@@ -203,17 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(exist_ok=True)
     server_kind = args.server
     measurements: list[Measurement] = []
-    skipped: list[str] = []
     started_at = datetime.datetime.now(datetime.UTC)
     run_id = started_at.strftime("%H%M%S")
 
     http = [s for s in HTTP_SCENARIOS if s.name in wanted]
     ws = [s for s in WS_SCENARIOS if s.name in wanted]
-    sqlite_scenarios = [s for s in http if s.store == "sqlite"]
-    if sqlite_scenarios and not _has_sqlite_store():
-        http = [s for s in http if s.store != "sqlite"]
-        skipped.append("chat_session_sqlite skipped: no sqlite store yet")
-        print(skipped[-1], flush=True)
 
     with contextlib.ExitStack() as stack:
         servers: dict[str, Server] = {}
@@ -291,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{started_at:%Y-%m-%d %H:%M} UTC\n\n"
         f"- command: `{command.strip()}`\n- machine: {_machine()}\n- versions: {_versions()}"
     )
-    table = render(measurements, idle, names, header=header, skipped=skipped)
+    table = render(measurements, idle, names, header=header)
     print()
     print(table)
     args.out.write_text(table)
@@ -300,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         "idle": [r.__dict__ for r in idle],
         "targets": names,
         "header": header,
-        "skipped": skipped,
     }
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     return 0

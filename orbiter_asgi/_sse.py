@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Send
@@ -61,19 +60,22 @@ def text_frames(first_id: int, texts: Sequence[str]) -> bytes:
     """Text deltas that were ready together, as `text` events numbered from `first_id`, in one chunk.
 
     The texts are encoded in one call, as a JSON list of strings, cut apart
-    at `","` and spliced with cached `id:` prefixes in C, instead of being
-    formatted one by one in Python. That cut is exact when no quote is
-    escaped (the only quotes are then the strings' own); texts with quotes
-    in them go the slow way.
+    at `","` and spliced with cached `id:` prefixes by slice assignment, all
+    in C, instead of being formatted one by one in Python. That cut is exact
+    when no quote is escaped (the only quotes are then the strings' own);
+    texts with quotes in them go the slow way.
     """
     encoded = encode(texts)
-    if b'\\"' in encoded:
+    if b"\\" in encoded and b'\\"' in encoded:  # one byte is found ~5x faster than two
         return b"".join([frame(n, TextEvent(text)) for n, text in enumerate(texts, first_id)])
     strings = encoded[2:-2].split(b'","')
-    parts = zip(_text_prefixes(first_id, len(strings)), strings, repeat(b'"}\n\n'))
-    return _escape_separators(b"".join(chain.from_iterable(parts)))
+    parts = [_TEXT_END] * (3 * len(strings))
+    parts[0::3] = _text_prefixes(first_id, len(strings))
+    parts[1::3] = strings
+    return _escape_separators(b"".join(parts))
 
 
+_TEXT_END = b'"}\n\n'
 _TEXT_PREFIXES: list[bytes] = []  # [n]: the start of text frame `n`, made as ids are reached
 _MAX_CACHED_ID = 1 << 16  # ~3 MiB of prefixes at most; longer streams format the rest
 

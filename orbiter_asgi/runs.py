@@ -8,7 +8,8 @@ and closes the agent's stream in that same task, so the history is written
 and the session lock released where they were taken. With a session the
 turn holds the session's lock, loads its history, stores the user message
 before the agent starts and what the agent produced when it ends, whether
-it finished, failed or was cancelled."""
+it finished, failed or was cancelled.
+"""
 
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ class Run:
     async def drive(self, emit: Emit | None = None, receive: Receive | None = None) -> DoneEvent | None:
         """Run the turn to its end under the app's guard; returns its `done` event.
 
-        Every text, tool call and tool result goes to `emit` as it comes
-        (events that were ready together as one list); `done` is returned, not
-        emitted. Failures raise `OrbiterError`; `Overloaded`, `RunTimeout` or
+        Every text, tool call and tool result goes to `emit` as it comes (text
+        deltas that were ready together as one list of strings); `done` is
+        returned, not emitted. Failures raise `OrbiterError`; `Overloaded`, `RunTimeout` or
         `ShuttingDown` when the guard refuses or cuts the turn. With `receive`,
         a client disconnect cancels the turn and None is returned. Errors
         raised by `emit` itself (a transport's) pass through unchanged.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from itertools import chain, repeat
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -158,7 +157,7 @@ def _text_frames(first_id: int, chunks: list[str]) -> bytes:
     # one encode for all the words, cut apart at `","` and spliced with pre-made
     # `id:` prefixes; exact unless a quote was escaped: then one by one
     encoded = _encode(chunks)
-    if b'\\"' in encoded:
+    if b"\\" in encoded and b'\\"' in encoded:
         return b"".join(
             b"id: %d\ndata: %b\n\n" % (n, _encode(TextEvent(c))) for n, c in enumerate(chunks, first_id)
         )
@@ -167,7 +166,10 @@ def _text_frames(first_id: int, chunks: list[str]) -> bytes:
         b'id: %d\ndata: {"type":"text","content":"' % n for n in range(first_id, end)
     ]
     strings = encoded[2:-2].split(b'","')
-    return b"".join(chain.from_iterable(zip(prefixes, strings, repeat(b'"}\n\n'))))
+    parts = [b'"}\n\n'] * (3 * len(strings))
+    parts[0::3] = prefixes
+    parts[1::3] = strings
+    return b"".join(parts)
 
 
 async def _sse(send: Any, turn: _Turn) -> None:
