@@ -106,9 +106,9 @@ class RunGuard:
     def exit(self, turn: Turn) -> None:
         if turn.armed:
             self._armed.discard(turn)
-            turn.disarm()
         else:
             del self._young[turn]
+        turn.disarm()  # a young turn may hold the drain's timer
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()

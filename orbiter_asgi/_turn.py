@@ -9,7 +9,8 @@ work. On other event loops (trio) an `AnyioTurn` enters an anyio
 `CancelScope` instead.
 
 The cancellation is delivered once. While the turn is `shielded()`, writing
-the history of a cancelled or finished turn, it waits until the shield ends.
+the history of a cancelled or finished turn, it waits, and the shield's end
+raises it (without `task.cancel()`, which would linger past the turn).
 
 A turn's deadline and disconnect watch are armed by its `RunGuard` only once
 it has run a little (`arm()`); a turn that ends sooner never makes a timer.
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AnyioTurn", "Turn"]
 
-# states of a turn's cancellation
-_NONE, _PENDING, _DELIVERED = 0, 1, 2
+# states of a turn's cancellation: none yet, waiting for a shield to end,
+# delivered with `task.cancel()`, raised where a shield ended
+_NONE, _PENDING, _DELIVERED, _RAISED = 0, 1, 2, 3
 
 
 class Turn:
@@ -91,7 +93,9 @@ class Turn:
             assert self._task is not None
             if self._task.uncancel() <= self._cancelling and exc_type is not None:
                 swallowed = self.cancelled_caught = issubclass(exc_type, asyncio.CancelledError)
-        self._cancel = _DELIVERED  # nothing left to cancel
+        elif self._cancel == _RAISED and exc_type is not None:
+            swallowed = self.cancelled_caught = issubclass(exc_type, asyncio.CancelledError)
+        self._cancel = _RAISED  # nothing left to cancel
         if self.cancelled_caught:
             self.guard.raise_for(self)
         return swallowed
@@ -113,7 +117,10 @@ class Turn:
         """End the turn: at once, or when the shielded part ends."""
         if self._cancel == _NONE:
             self._cancel = _PENDING
-            self._deliver()
+            if self._shields == 0:
+                assert self._task is not None
+                self._cancel = _DELIVERED
+                self._task.cancel()
 
     def set_deadline(self, deadline: float) -> None:
         """Cancel the turn at loop time `deadline`, unless it ends sooner."""
@@ -128,12 +135,6 @@ class Turn:
     def shielded(self) -> _Shield:
         """`with turn.shielded():` work that a cancellation must not cut."""
         return _Shield(self)
-
-    def _deliver(self) -> None:
-        if self._cancel == _PENDING and self._shields == 0:
-            assert self._task is not None
-            self._cancel = _DELIVERED
-            self._task.cancel()
 
 
 class AnyioTurn(Turn):
@@ -196,9 +197,12 @@ class _Shield:
         traceback: TracebackType | None,
     ) -> None:
         self._scope.__exit__(exc_type, exc, traceback)
-        self._turn._shields -= 1
-        if self._turn._task is not None:
-            self._turn._deliver()
+        turn = self._turn
+        turn._shields -= 1
+        if turn._cancel == _PENDING and turn._shields == 0:
+            turn._cancel = _RAISED
+            if exc_type is None:  # else the turn is ending anyway, with that error
+                raise asyncio.CancelledError
 
 
 async def _watch(turn: Turn, receive: Receive) -> None:

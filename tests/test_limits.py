@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -11,7 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from orbiter_asgi import Agent, create_app
+from orbiter_asgi import Agent, Message, create_app
+from orbiter_asgi.stores import MemoryStore
 from tests.helpers import client_for, http_scope, sse_events
 from tests.misbehaving import Gate, call
 
@@ -267,6 +269,31 @@ async def test_timeouts_shorter_and_longer_than_the_arming_delay_both_hold(timeo
         with anyio.fail_after(5):
             chat = await client.post("/chat", json={"input": "hi"})
     assert chat.status_code == 504
+    assert app.context.guard.active == 0
+
+
+class _SlowHistoryStore(MemoryStore):
+    """Stores what a turn produced (not the user message) slowly."""
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> list[Message]:
+        if all(m.role != "user" for m in messages):
+            await anyio.sleep(0.15)
+        return await super().append(session_id, messages)
+
+
+async def test_a_deadline_during_the_history_write_waits_for_it_and_leaves_nothing_behind() -> None:
+    # the turn's deadline (50 ms) passes while its answer is being stored (150 ms): the
+    # write completes, the turn ends as timed out, and no cancellation outlives the turn
+    app = create_app(agents=[Agent("assistant")], store=_SlowHistoryStore(), run_timeout=0.05)
+    async with client_for(app) as client:
+        with anyio.fail_after(5):
+            late = await client.post("/chat", json={"input": "hi there", "session_id": "slow"})
+            await anyio.sleep(0)  # a cancellation left pending on this task would land here
+            stored = (await client.get("/sessions/slow/messages")).json()
+            after = await client.post("/chat", json={"input": "next"})
+    assert late.status_code == 504 and late.json()["detail"].startswith("The run took longer")
+    assert [(m["role"], m["content"]) for m in stored] == [("user", "hi there"), ("assistant", "hi there")]
+    assert after.status_code == 200 and after.json()["output"] == "next"
     assert app.context.guard.active == 0
 
 
