@@ -34,7 +34,7 @@ from .models import (
     Usage,
 )
 from .registry import RegisteredAgent
-from .runtime.loop import AgentEvent
+from .runtime.loop import AgentEvent, tool_message
 
 __all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
 
@@ -97,15 +97,7 @@ class _Transcript:
     def tool_result(self, event: ToolResultEvent) -> None:
         self.flush()
         if self.keep_messages:
-            self.messages.append(
-                Message(
-                    role="tool",
-                    content=event.content,
-                    tool_call_id=event.id,
-                    name=event.name,
-                    is_error=event.is_error,
-                )
-            )
+            self.messages.append(tool_message(event))
 
 
 Emit = Callable[[RunItem], Awaitable[None]]

@@ -27,12 +27,23 @@ from .tools import Tool
 if TYPE_CHECKING:
     from .agent import Agent
 
-__all__ = ["AgentEvent", "AgentItem", "run_loop"]
+__all__ = ["AgentEvent", "AgentItem", "run_loop", "tool_message"]
 
 AgentEvent = TextEvent | ToolCallEvent | ToolResultEvent | Usage
 AgentItem = AgentEvent | list[str]  # a list: text deltas that were ready together
 
 _encode = msgspec.json.Encoder().encode
+
+
+def tool_message(result: ToolResultEvent) -> Message:
+    """A tool's result as the history message that answers the model's call."""
+    return Message(
+        role="tool",
+        content=result.content,
+        tool_call_id=result.id,
+        name=result.name,
+        is_error=result.is_error,
+    )
 
 
 def _tool_output(value: Any) -> str:
@@ -193,15 +204,7 @@ async def run_loop(
         )
         for result in await _call_tools(tools, calls, invalid):
             yield result
-            history.append(
-                Message(
-                    role="tool",
-                    content=result.content,
-                    tool_call_id=result.id,
-                    name=result.name,
-                    is_error=result.is_error,
-                )
-            )
+            history.append(tool_message(result))
     raise MaxStepsExceeded(
         f"Agent {agent.name!r} hit its step limit (max_steps={agent.max_steps}): the model "
         "was still calling tools and gave no final answer"
