@@ -1,0 +1,130 @@
+"""Per-request cost of each target without a server: `python -m benchmarks.inprocess`.
+
+Calls each target's ASGI app directly with hand-made `receive` and `send`
+(both free), on uvloop, for the non-session HTTP scenarios, and prints the
+best-of-rounds microseconds per request and the ratio to `orbiter_asgi`.
+Targets are interleaved per round, as in the server benchmark. This isolates
+the app's own work from the server's and is steadier than a server run on a
+shared machine, so it is the quick check while optimizing; the server run
+stays the measure (under a server each step costs more, the peers' too).
+
+`--cold` evicts the CPU caches before every request by walking a large list,
+to see what a request costs when its code and data are not hot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvloop
+
+from .scenarios import HTTP_SCENARIOS, HttpScenario
+from .servers import TARGETS
+
+__all__ = ["main"]
+
+App = Callable[[dict[str, Any], Any, Any], Any]
+
+_EVICTION = list(range(1 << 18))  # ~2 MiB of list and ints: more than a core's caches
+
+
+def _evict_caches() -> None:
+    total = 0
+    for value in _EVICTION[::16]:
+        total += value
+
+
+def _scope(scenario: HttpScenario) -> dict[str, Any]:
+    url = urlsplit(scenario.path)
+    headers = [(b"host", b"bench")]
+    if scenario.body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(scenario.body))]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": scenario.method,
+        "scheme": "http",
+        "path": url.path,
+        "raw_path": url.path.encode(),
+        "root_path": "",
+        "query_string": url.query.encode(),
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def _one(app: App, scope: dict[str, Any], body: bytes) -> None:
+    unread = [{"type": "http.request", "body": body, "more_body": False}]
+    disconnected = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if unread:
+            return unread.pop()
+        await disconnected.wait()  # the turn's disconnect watch, should it be armed
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(dict(scope), receive, send)
+
+
+async def _seconds_per_request(app: App, scenario: HttpScenario, count: int, cold: bool) -> float:
+    scope = _scope(scenario)
+    total = 0.0
+    for _ in range(count):
+        if cold:
+            _evict_caches()
+        started = time.perf_counter()
+        await _one(app, scope, scenario.body)
+        total += time.perf_counter() - started
+    return total / count
+
+
+async def _measure(apps: dict[str, App], scenarios: Sequence[HttpScenario], rounds: int, cold: bool) -> None:
+    names = list(apps)
+    ratios = [f"{n} ratio to {names[0]}" for n in names[1:]]  # as the server table's: speed, not time
+    print(f"| scenario | {' | '.join(f'{n} µs' for n in names)} | {' | '.join(ratios)} |")
+    print("|---|" + "---:|" * (2 * len(names) - 1))
+    for scenario in scenarios:
+        count = 100 if scenario.name == "stream_get" else 1000
+        best = {name: float("inf") for name in names}
+        for app in apps.values():  # warm up: imports, caches, the interpreter's specializations
+            await _seconds_per_request(app, scenario, count // 4, cold)
+        for _ in range(rounds):
+            for name, app in apps.items():
+                best[name] = min(best[name], await _seconds_per_request(app, scenario, count, cold))
+        first = best[names[0]]
+        cells = [f"{best[n] * 1e6:.1f}" for n in names] + [f"{first / best[n]:.2f}x" for n in names[1:]]
+        print(f"| {scenario.name} | {' | '.join(cells)} |", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess")
+    parser.add_argument("--targets", default="orbiter_asgi,bare_asgi", help="the first is the base")
+    parser.add_argument("--scenarios", default="chat_json,chat_sse,stream_get,agents")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cold", action="store_true", help="evict the CPU caches before every request")
+    args = parser.parse_args(argv)
+    by_name = {t.name: t for t in TARGETS}
+    apps: dict[str, App] = {}
+    for name in args.targets.split(","):
+        module, _, attribute = by_name[name].app.partition(":")
+        apps[name] = getattr(importlib.import_module(module), attribute)
+    wanted = args.scenarios.split(",")
+    scenarios = [s for s in HTTP_SCENARIOS if s.name in wanted and not s.session]
+    uvloop.run(_measure(apps, scenarios, args.rounds, args.cold))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
