@@ -87,8 +87,8 @@ class RunGuard:
         try:
             task = asyncio.current_task()
         except RuntimeError:  # not asyncio
-            return AnyioTurn(self, receive)
-        return Turn(self, task, receive)
+            task = None
+        return Turn(self, task, receive) if task is not None else AnyioTurn(self, receive)
 
     def enter(self, turn: Turn) -> None:
         timeout = self.limits.run_timeout

@@ -1,0 +1,63 @@
+"""Turns under trio: anyio's cancel scope stands in for the native asyncio one.
+
+The package runs on asyncio in practice (see the README); under trio a
+turn still answers, times out and drains, without heartbeats or the
+disconnect watch of JSON turns.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from orbiter_asgi import Agent, create_app
+from tests.helpers import client_for, sse_events
+from tests.misbehaving import Gate
+
+pytest.importorskip("trio")
+
+
+def _on_trio(test: object) -> None:
+    anyio.run(test, backend="trio")  # type: ignore[arg-type]
+
+
+def test_chat_json_and_sse_answer_under_trio() -> None:
+    async def scenario() -> None:
+        app = create_app(agents=[Agent("assistant")], drain_on_signal=False)
+        async with client_for(app) as client:
+            chat = await client.post("/chat", json={"input": "hello trio", "session_id": "t"})
+            streamed = await client.post("/chat", json={"input": "again", "stream": True})
+            history = (await client.get("/sessions/t/messages")).json()
+        assert chat.status_code == 200 and chat.json()["output"] == "hello trio"
+        events = [e for e in sse_events(streamed.text) if isinstance(e, dict)]
+        assert [(e["type"], e.get("content")) for e in events[:-1]] == [("text", "again")]
+        assert [m["content"] for m in history] == ["hello trio", "hello trio"]
+        assert app.context.guard.active == 0
+
+    _on_trio(scenario)
+
+
+@pytest.mark.parametrize("timeout", [0.005, 0.05])
+def test_timeouts_and_the_drain_hold_under_trio(timeout: float) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        app = create_app(agents=[gate], run_timeout=timeout, drain_on_signal=False)
+        async with client_for(app) as client:
+            with anyio.fail_after(5):
+                late = await client.post("/chat", json={"input": "hi"})
+            assert late.status_code == 504
+
+            drained = create_app(agents=[Gate()], grace_period=0.05, drain_on_signal=False)
+            async with client_for(drained) as other, anyio.create_task_group() as group:
+                answers = []
+
+                async def chat() -> None:
+                    answers.append(await other.post("/chat", json={"input": "x"}))
+
+                group.start_soon(chat)
+                await anyio.sleep(0.02)
+                drained.drain()
+            assert answers[0].status_code == 503 and answers[0].json()["detail"].startswith("The server")
+        assert app.context.guard.active == drained.context.guard.active == 0
+
+    _on_trio(scenario)
