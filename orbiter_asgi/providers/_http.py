@@ -31,7 +31,14 @@ from ..exceptions import (
     ProviderTimeout,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "HTTPProvider", "ServerSentEvent", "iter_sse", "parse_arguments"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HTTPProvider",
+    "ServerSentEvent",
+    "iter_sse",
+    "parse_arguments",
+    "stream_object",
+]
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -89,6 +96,17 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
             data.append(value[1:] if value.startswith(" ") else value)
     if data:  # a last event without its blank line still counts
         yield ServerSentEvent(event or "message", "\n".join(data))
+
+
+def stream_object(label: str, data: str, what: str = "stream event") -> dict[str, Any]:
+    """One `data:` payload of a model's stream as a JSON object; `ProviderError` otherwise."""
+    try:
+        value = _decode(data)
+    except msgspec.DecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ProviderError(f"{label} sent a malformed {what}: {data[:200]!r}")
+    return value
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:

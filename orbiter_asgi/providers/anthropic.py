@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
-
 from ..exceptions import ProviderAuthError, ProviderError
 from ..models import Message, TextEvent, ToolCallEvent, Usage
 from ._history import repair_history
-from ._http import HTTPProvider, iter_sse, parse_arguments
+from ._http import HTTPProvider, iter_sse, parse_arguments, stream_object
 from .base import InvalidToolCall, ModelEvent, ModelRequest
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "to_anthropic_messages"]
@@ -27,7 +25,6 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "to_anthropic_messages"]
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; this fits every current model
 
-_decode = msgspec.json.decode
 
 
 def to_anthropic_messages(
@@ -144,16 +141,7 @@ class AnthropicProvider(HTTPProvider):
             "/v1/messages", self.body(request), model=request.model
         ) as response:
             async for sse in iter_sse(response):
-                try:
-                    event = _decode(sse.data)
-                except msgspec.DecodeError as exc:
-                    raise ProviderError(
-                        f"{self.label} sent a malformed stream event: {sse.data[:200]!r}"
-                    ) from exc
-                if not isinstance(event, dict):
-                    raise ProviderError(
-                        f"{self.label} sent a malformed stream event: {sse.data[:200]!r}"
-                    )
+                event = stream_object(self.label, sse.data)
                 kind = event.get("type", sse.event)
                 if kind == "content_block_delta":
                     delta = event.get("delta") or {}

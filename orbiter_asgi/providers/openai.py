@@ -17,12 +17,11 @@ import msgspec
 from ..exceptions import ProviderAuthError, ProviderError
 from ..models import Message, TextEvent, ToolCallEvent, Usage
 from ._history import repair_history
-from ._http import HTTPProvider, iter_sse, parse_arguments
+from ._http import HTTPProvider, iter_sse, parse_arguments, stream_object
 from .base import InvalidToolCall, ModelEvent, ModelRequest
 
 __all__ = ["OllamaProvider", "OpenAIProvider", "to_openai_messages"]
 
-_decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 
@@ -137,16 +136,7 @@ class OpenAIProvider(HTTPProvider):
                 if data == "[DONE]":
                     finished = True
                     break
-                try:
-                    chunk = _decode(data)
-                except msgspec.DecodeError as exc:
-                    raise ProviderError(
-                        f"{self.label} sent a malformed stream chunk: {data[:200]!r}"
-                    ) from exc
-                if not isinstance(chunk, dict):
-                    raise ProviderError(
-                        f"{self.label} sent a malformed stream chunk: {data[:200]!r}"
-                    )
+                chunk = stream_object(self.label, data, "stream chunk")
                 if (error := chunk.get("error")) is not None:
                     message = error.get("message") if isinstance(error, dict) else error
                     raise ProviderError(f"{self.label} reported an error mid-stream: {message}")
