@@ -95,13 +95,13 @@ class RunGuard:
         turn.timeout_at = turn.started + timeout if timeout is not None else math.inf
         if self._drain_at != math.inf:
             turn.set_deadline(self._drain_at)
-        if turn.timeout_at - turn.started <= ARM_AFTER or turn._task is None:
+        if turn.timeout_at - turn.started <= ARM_AFTER or isinstance(turn, AnyioTurn):
             self._armed.add(turn)  # a deadline sooner than the tick, or no asyncio: arm now
             turn.arm()
             return
         self._young[turn] = None
         if self._tick_handle is None:
-            self._tick_handle = turn._task.get_loop().call_later(ARM_AFTER, self._tick)
+            self._tick_handle = asyncio.get_running_loop().call_later(ARM_AFTER, self._tick)
 
     def exit(self, turn: Turn) -> None:
         if turn.armed:

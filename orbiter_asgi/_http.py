@@ -9,7 +9,6 @@ FastAPI-shaped errors.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -125,9 +124,6 @@ def error_body(exc: OrbiterError) -> bytes:
     if isinstance(exc, RequestValidationError):
         return exc.body()
     return encode(ErrorDetail(exc.message))
-
-
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 _INTERNAL_ERROR = b'{"detail":"Internal Server Error"}'
