@@ -212,16 +212,14 @@ async def send_event_stream(
     receive: Receive | None = None,
     *,
     heartbeat: float | None = 15.0,
-    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Respond with the events of `run` as SSE, ending with `done` (or `error`) and `[DONE]`.
 
     The run is driven here, in the request's task, so a client that leaves
     ends the run (and the model request behind it) now.
     """
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + (headers or [])}
-    )
+    # a fresh list: middleware may add to the headers in place
+    await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
     writer = _Writer(send, heartbeat if heartbeat and heartbeat != float("inf") else None)
     event_id = 0
 
