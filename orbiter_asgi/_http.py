@@ -21,6 +21,7 @@ from .models import ErrorDetail
 __all__ = [
     "DEFAULT_MAX_BODY",
     "Endpoint",
+    "SocketEndpoint",
     "error_body",
     "header",
     "query_params",
@@ -152,4 +153,12 @@ class Endpoint:
             raise
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SocketEndpoint:
+    """An ASGI WebSocket endpoint that accepts, answers and closes by itself,
+    and so needs none of Starlette's wrapping around it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError

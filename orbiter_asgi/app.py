@@ -20,13 +20,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._codec import Decoder, encode
 from ._context import DEFAULT_SESSION_ID_PATTERN, SCOPE_KEY, AppContext, Limits, get_context
 from ._guard import drain_on_signals
-from ._http import DEFAULT_MAX_BODY, Endpoint, error_body, read_json, send_json
+from ._http import DEFAULT_MAX_BODY, Endpoint, SocketEndpoint, error_body, read_json, send_json
 from ._middleware import HTTPFunctionMiddleware
 from ._openapi import openapi_document
 from ._openapi_limits import document_limits
@@ -111,6 +111,16 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return Response(body, exc.status_code, headers, media_type="application/json")
 
 
+def _matched_by(routes: Sequence[BaseRoute], method: str, path: str) -> bool:
+    """Whether one of `routes` takes a request for `method` and `path` (a
+    WebSocket when `method` is `websocket`)."""
+    if method == "websocket":
+        scope: Scope = {"type": "websocket", "path": path, "root_path": ""}
+    else:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method}
+    return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method the path answers: Starlette names only those of the first
     route that matched the path, and one path has a route per method here."""
@@ -159,7 +169,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         self.version = version
         self.operations: list[Operation] = []
         self._openapi: bytes | None = None
-        self._direct_routes: dict[tuple[str, str], Endpoint] | None = None
+        self._direct_routes: dict[tuple[str, str], ASGIApp] | None = None
         self._user_lifespan = lifespan
         super().__init__(
             debug=debug,
@@ -209,7 +219,8 @@ class OrbiterApp(MethodDecorators, Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.context
-        if scope["type"] == "http" and not self.user_middleware:
+        kind = scope["type"]
+        if kind != "lifespan" and not self.user_middleware:
             # our own endpoints on fixed paths render their own errors: with no
             # middleware in between they skip Starlette's middleware and route scan
             path: str = scope["path"]
@@ -219,21 +230,30 @@ class OrbiterApp(MethodDecorators, Starlette):
             direct = self._direct_routes
             if direct is None:
                 direct = self._direct_routes = self._fixed_path_endpoints()
-            endpoint = direct.get((scope["method"], path))
+            endpoint = direct.get((scope["method"] if kind == "http" else kind, path))
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-    def _fixed_path_endpoints(self) -> dict[tuple[str, str], Endpoint]:
-        table: dict[tuple[str, str], Endpoint] = {}
-        for route in self.router.routes:
-            if not isinstance(route, Route) or "{" in route.path:
+    def _fixed_path_endpoints(self) -> dict[tuple[str, str], ASGIApp]:
+        """Our endpoints on fixed paths, by (method, or `websocket`, and path):
+        each one the route scan would reach, no route before it matching first."""
+        table: dict[tuple[str, str], ASGIApp] = {}
+        routes = self.router.routes
+        for index, route in enumerate(routes):
+            if "{" in getattr(route, "path", "{"):
                 continue
-            if isinstance(route.endpoint, Endpoint):
-                for method in route.methods or ():
-                    table.setdefault((method, route.path), route.endpoint)
+            if isinstance(route, Route) and isinstance(route.endpoint, Endpoint):
+                keys = [(method, route.path) for method in route.methods or ()]
+            elif isinstance(route, WebSocketRoute) and isinstance(route.endpoint, SocketEndpoint):
+                keys = [("websocket", route.path)]
+            else:
+                continue
+            for key in keys:
+                if key not in table and not _matched_by(routes[:index], *key):
+                    table[key] = route.endpoint
         return table
 
     def openapi(self) -> bytes:

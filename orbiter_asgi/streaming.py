@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._codec import encode
 from ._context import get_context
-from ._http import Endpoint, query_params
+from ._http import Endpoint, SocketEndpoint, query_params
 from ._sse import error_event, send_event_stream
 from .exceptions import OrbiterError, RequestError
 from .models import ChatRequest, ErrorDetail, ErrorEvent, Event, TextEvent
@@ -62,7 +62,7 @@ _CANCELLED = ErrorEvent(error="The turn was cancelled", code="cancelled")
 _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"} first", code="busy")
 
 
-class ChatSocket:
+class ChatSocket(SocketEndpoint):
     """`WS /ws/chat`: many turns per connection, cancellable."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

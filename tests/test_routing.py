@@ -3,7 +3,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import Route as StarletteRoute
 from starlette.testclient import TestClient
 
 from orbiter_asgi import (
@@ -196,3 +197,26 @@ async def test_unhandled_errors_are_a_json_500_without_traceback() -> None:
     assert response.status_code == 500
     assert response.json() == {"detail": "Internal Server Error"}
     assert "secret" not in response.text
+
+
+def test_a_route_placed_before_ours_on_the_same_path_wins() -> None:
+    """Our fixed-path endpoints skip the route scan only where the scan would reach them."""
+    app = create_app(agents=[Agent("assistant")])
+
+    async def agents(request: Request) -> JSONResponse:
+        return JSONResponse(["mine"])
+
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("mine")
+        await websocket.close()
+
+    app.router.routes[:0] = [
+        StarletteRoute("/agents", agents, methods=["GET"]),
+        WebSocketRoute("/ws/chat", chat),
+    ]
+    with TestClient(app) as client:
+        assert client.get("/agents").json() == ["mine"]
+        assert client.post("/chat", json={"input": "ours still"}).json()["output"] == "ours still"
+        with client.websocket_connect("/ws/chat") as ws:
+            assert ws.receive_text() == "mine"
