@@ -26,7 +26,7 @@ import anyio
 from starlette.types import Receive
 
 from ._turn import AnyioTurn, Turn
-from .exceptions import Overloaded, RunTimeout, ShuttingDown
+from .exceptions import Overloaded, RunCancelled, RunTimeout, ShuttingDown
 
 if TYPE_CHECKING:
     from ._context import Limits
@@ -124,9 +124,11 @@ class RunGuard:
         self._tick_handle = loop.call_later(ARM_AFTER, self._tick) if young else None
 
     def raise_for(self, turn: Turn) -> None:
-        """The error of a turn its deadline or the drain cut short."""
+        """The error of a turn its deadline, the drain or its client cut short."""
         if turn.disconnected:
             return
+        if turn.stopped:
+            raise RunCancelled("The turn was cancelled")
         if self._drain_at <= turn.timeout_at:
             raise ShuttingDown("The server shut down before the run finished")
         timeout = self.limits.run_timeout

@@ -55,6 +55,7 @@ class Turn:
         "guard",
         "receive",
         "started",
+        "stopped",
         "timeout_at",
         "watcher",
     )
@@ -68,7 +69,7 @@ class Turn:
         self._task = task
         self.receive = receive
         self.deadline = math.inf
-        self.armed = self.disconnected = self.cancelled_caught = False
+        self.armed = self.disconnected = self.stopped = self.cancelled_caught = False
         self.watcher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._cancel = _NONE
@@ -122,6 +123,12 @@ class Turn:
                 self._cancel = _DELIVERED
                 self._task.cancel()
 
+    def stop(self) -> None:
+        """End the turn at its client's request (`RunCancelled`), unless it is ending already."""
+        if self._cancel == _NONE:
+            self.stopped = True
+            self.cancel()
+
     def set_deadline(self, deadline: float) -> None:
         """Cancel the turn at loop time `deadline`, unless it ends sooner."""
         if deadline >= self.deadline:
@@ -171,6 +178,11 @@ class AnyioTurn(Turn):
 
     def cancel(self) -> None:
         self._scope.cancel()
+
+    def stop(self) -> None:
+        if not self._scope.cancel_called:
+            self.stopped = True
+            self._scope.cancel()
 
     def set_deadline(self, deadline: float) -> None:
         if deadline < self.deadline:

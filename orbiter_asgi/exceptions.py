@@ -39,6 +39,7 @@ __all__ = [
     "ProviderRateLimited",
     "ProviderTimeout",
     "RequestError",
+    "RunCancelled",
     "RunTimeout",
     "SessionNotFound",
     "ShuttingDown",
@@ -108,6 +109,13 @@ class ShuttingDown(Overloaded):
     ones are ended after the grace period."""
 
     code = "shutdown"
+
+
+class RunCancelled(OrbiterError):
+    """The client stopped its turn (`{"type": "cancel"}` on the WebSocket)."""
+
+    status_code = 499  # nginx's "client closed request": only a client cancels a turn
+    code = "cancelled"
 
 
 class StoreError(OrbiterError):

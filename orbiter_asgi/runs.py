@@ -21,7 +21,7 @@ from starlette.types import Receive
 
 from ._context import AppContext
 from ._turn import Turn
-from .exceptions import AgentError, OrbiterError
+from .exceptions import AgentError, OrbiterError, RunCancelled
 from .models import (
     ChatRequest,
     DoneEvent,
@@ -107,7 +107,7 @@ Emit = Callable[[RunItem], Awaitable[None]]
 class Run:
     """A turn of `agent` on `input`, optionally within a session."""
 
-    __slots__ = ("_number", "agent", "context", "input", "session_id")
+    __slots__ = ("_number", "_stopped", "_turn", "agent", "context", "input", "session_id")
 
     def __init__(
         self, context: AppContext, agent: RegisteredAgent, input: str, session_id: str | None
@@ -117,6 +117,8 @@ class Run:
         self.input = input
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self._number = next(_run_numbers)
+        self._turn: Turn | None = None  # while it runs
+        self._stopped = False
 
     @property
     def id(self) -> str:
@@ -128,23 +130,38 @@ class Run:
 
         Every text, tool call and tool result goes to `emit` as it comes (text
         deltas that were ready together as one list of strings); `done` is
-        returned, not emitted. Failures raise `OrbiterError`; `Overloaded`, `RunTimeout` or
-        `ShuttingDown` when the guard refuses or cuts the turn. With `receive`,
-        a client disconnect cancels the turn and None is returned. Errors
-        raised by `emit` itself (a transport's) pass through unchanged.
+        returned, not emitted. Failures raise `OrbiterError`: `Overloaded`,
+        `RunTimeout` or `ShuttingDown` when the guard refuses or cuts the
+        turn, `RunCancelled` after `cancel()`. With `receive`, a client
+        disconnect cancels the turn and None is returned. Errors raised by
+        `emit` itself (a transport's) pass through unchanged.
 
         The run is pushed to the transport rather than pulled from it: the
         turn costs one coroutine, not a generator per layer.
         """
+        if self._stopped:
+            raise RunCancelled("The turn was cancelled")
         with self.context.guard.running(receive) as turn:
-            if self.session_id is None:
-                return await self._drive(turn, [], emit)
-            store = self.context.store
-            async with store.lock(self.session_id):
-                history = await store.history(self.session_id, agent_name=self.agent.name)
-                await store.append(self.session_id, [Message(role="user", content=self.input)])
-                return await self._drive(turn, history, emit)
+            self._turn = turn
+            try:
+                if self.session_id is None:
+                    return await self._drive(turn, [], emit)
+                store = self.context.store
+                async with store.lock(self.session_id):
+                    history = await store.history(self.session_id, agent_name=self.agent.name)
+                    await store.append(self.session_id, [Message(role="user", content=self.input)])
+                    return await self._drive(turn, history, emit)
+            finally:
+                self._turn = None
         return None  # the client went away: the turn was cancelled and is over
+
+    def cancel(self) -> None:
+        """Stop the turn at its client's request, from another task: `drive`
+        raises `RunCancelled`, after storing what the agent had produced.
+        A run not started yet raises it at once; one that has ended ignores it."""
+        self._stopped = True
+        if self._turn is not None:
+            self._turn.stop()
 
     async def _drive(self, turn: Turn, history: list[Message], emit: Emit | None) -> DoneEvent:
         agent = self.agent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 import anyio
+import anyio.abc
 import msgspec
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
@@ -58,12 +59,18 @@ class _Frame(msgspec.Struct):
 _frame = msgspec.json.Decoder(_Frame)
 _request = msgspec.json.Decoder(ChatRequest)
 _UNREADABLE = ErrorEvent(error="Invalid message: not UTF-8 JSON of a sane depth", code="bad_request")
-_CANCELLED = ErrorEvent(error="The turn was cancelled", code="cancelled")
 _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"} first", code="busy")
 
 
 class ChatSocket(SocketEndpoint):
-    """`WS /ws/chat`: many turns per connection, cancellable."""
+    """`WS /ws/chat`: many turns per connection, cancellable.
+
+    The connection's task runs the turns, one at a time. A reader task takes
+    every frame meanwhile, so a `cancel` stops the running turn, a chat frame
+    sent during a turn is answered `busy`, and a disconnect ends it all. The
+    reader hands each turn over on a channel: a turn costs no task, nor
+    cancel scope, of its own.
+    """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = get_context(scope)
@@ -71,68 +78,69 @@ class ChatSocket(SocketEndpoint):
             return
         await send({"type": "websocket.accept"})
         state = _Socket.OPEN
-        turn: anyio.CancelScope | None = None
+        running: Run | None = None  # handed over, and not ended yet
+        turns_in, turns_out = anyio.create_memory_object_stream[Run](1)
 
         async def send_event(event: Event) -> None:
             if state is _Socket.OPEN:
                 await send({"type": "websocket.send", "text": encode(event).decode()})
 
         async def emit(item: RunItem) -> None:
-            if type(item) is list:  # text deltas: one message each, still
-                for text in item:
-                    await send_event(TextEvent(text))
-            else:
+            if type(item) is not list:
                 await send_event(item)  # type: ignore[arg-type]
+                return
+            for text in item:  # text deltas: one message each, still, sent from here
+                if state is not _Socket.OPEN:
+                    return
+                await send({"type": "websocket.send", "text": encode(TextEvent(text)).decode()})
 
-        async def run_turn(run: Run, scope_: anyio.CancelScope) -> None:
-            nonlocal turn
-            with scope_:
+        async def read_frames(group: anyio.abc.TaskGroup) -> None:
+            nonlocal state, running
+            with turns_in:
+                while True:
+                    message: Message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    data = message.get("text")
+                    if data is None:
+                        data = message.get("bytes") or b""
+                    if _too_big(data, context.limits.max_ws_message_size):
+                        state = _Socket.CLOSED  # nothing more goes out after the close
+                        await send({"type": "websocket.close", "code": 1009, "reason": "Message too big"})
+                        break
+                    try:
+                        if _frame.decode(data).type == "cancel":
+                            if running is not None:
+                                running.cancel()
+                            continue
+                        request = _request.decode(data)
+                        if running is not None:
+                            await send_event(_BUSY)
+                            continue
+                        running = start_chat(context, request)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        await send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
+                        continue
+                    except (UnicodeDecodeError, RecursionError):
+                        await send_event(_UNREADABLE)
+                        continue
+                    except OrbiterError as exc:
+                        await send_event(ErrorEvent(error=exc.message, code=exc.code))
+                        continue
+                    turns_in.send_nowait(running)  # the last turn was taken: room for this one
+            state = _Socket.CLOSED
+            group.cancel_scope.cancel()  # a running turn ends; what it produced is stored
+
+        async with anyio.create_task_group() as group, turns_out:
+            group.start_soon(read_frames, group)
+            async for run in turns_out:
                 try:
                     done = await run.drive(emit)
                     assert done is not None  # no `receive`: only a disconnect returns None
                     await send_event(done)
                 except Exception as exc:
                     await send_event(error_event(exc, run.agent.name))
-            if scope_.cancelled_caught:
-                await send_event(_CANCELLED)
-            turn = None
-
-        async with anyio.create_task_group() as group:
-            while state is _Socket.OPEN:
-                message: Message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    state = _Socket.CLOSED
-                    break
-                data = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                if _too_big(data, context.limits.max_ws_message_size):
-                    await send({"type": "websocket.close", "code": 1009, "reason": "Message too big"})
-                    state = _Socket.CLOSED
-                    break
-                try:
-                    kind = _frame.decode(data).type
-                    if kind == "cancel":
-                        if turn is not None:
-                            turn.cancel()
-                        continue
-                    request = _request.decode(data)
-                    if turn is not None:
-                        await send_event(_BUSY)
-                        continue
-                    run = start_chat(context, request)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    await send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
-                    continue
-                except (UnicodeDecodeError, RecursionError):
-                    await send_event(_UNREADABLE)
-                    continue
-                except OrbiterError as exc:
-                    await send_event(ErrorEvent(error=exc.message, code=exc.code))
-                    continue
-                turn = anyio.CancelScope()
-                group.start_soon(run_turn, run, turn)
-            group.cancel_scope.cancel()
+                running = None
 
 
 def _too_big(data: str | bytes, limit: int) -> bool:

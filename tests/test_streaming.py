@@ -253,6 +253,30 @@ def test_websocket_cancel_stops_the_running_turn() -> None:
     assert [m["role"] for m in history] == ["user", "assistant"]
 
 
+def test_websocket_cancel_without_a_turn_is_ignored() -> None:
+    app = create_app(agents=[Agent("assistant")])
+    with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"type": "cancel"})
+        ws.send_json({"input": "still here"})
+        events = _turn(ws)
+    assert [e["type"] for e in events] == ["text", "text", "done"]
+    assert events[-1]["output"] == "still here"
+
+
+def test_websocket_disconnect_mid_turn_ends_it_and_keeps_its_history() -> None:
+    probe = Probe()
+    app = create_app(agents=[probe])
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws/chat") as ws:
+            ws.send_json({"input": "go", "session_id": "ws-gone"})
+            assert ws.receive_json() == {"type": "text", "content": "w0 "}
+        history = client.get("/sessions/ws-gone/messages").json()
+    assert probe.ended_by in ("CancelledError", "GeneratorExit")
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["content"].startswith("w0 ")
+    assert app.context.guard.active == 0
+
+
 def test_websocket_oversized_message_closes_with_1009() -> None:
     app = create_app(agents=[Agent("assistant")], max_ws_message_size=64)
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:

@@ -1,14 +1,15 @@
 """Turns under trio: anyio's cancel scope stands in for the native asyncio one.
 
 The package runs on asyncio in practice (see the README); under trio a
-turn still answers, times out and drains, without heartbeats or the
-disconnect watch of JSON turns.
+turn still answers, times out, drains and is cancelled over the WebSocket,
+without heartbeats or the disconnect watch of JSON turns.
 """
 
 from __future__ import annotations
 
 import anyio
 import pytest
+from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
 from tests.helpers import client_for, sse_events
@@ -61,3 +62,21 @@ def test_timeouts_and_the_drain_hold_under_trio(timeout: float) -> None:
         assert app.context.guard.active == drained.context.guard.active == 0
 
     _on_trio(scenario)
+
+
+def test_websocket_turns_and_cancel_under_trio() -> None:
+    app = create_app(
+        agents=[Agent("assistant"), Agent("slow", model="echo?delay=0.05")], drain_on_signal=False
+    )
+    with TestClient(app, backend="trio") as client, client.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"input": "two words"})
+        assert [ws.receive_json()["type"] for _ in range(3)] == ["text", "text", "done"]
+        ws.send_json({"input": "many slow words " * 20, "agent_name": "slow"})
+        ws.send_json({"type": "cancel"})
+        last = ws.receive_json()
+        while last["type"] == "text":
+            last = ws.receive_json()
+        assert last == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
+        ws.send_json({"input": "after"})
+        assert ws.receive_json() == {"type": "text", "content": "after"}
+    assert app.context.guard.active == 0
