@@ -95,11 +95,6 @@ async def _call_tools(
     return [r for r in results if r is not None]
 
 
-def _only_text(items: list[Any]) -> bool:
-    # in C, ~3x cheaper than a Python loop over the batch
-    return list(map(type, items)).count(str) == len(items)
-
-
 def _split(items: list[Any]) -> list[Any]:
     """A list that holds events too, as runs of text deltas and single events, in order."""
     parts: list[Any] = []
@@ -176,17 +171,20 @@ async def run_loop(
             async for item in events:
                 if type(item) is not list:
                     yield step.accept(item)  # type: ignore[arg-type]
-                elif _only_text(item):  # text deltas: passed on whole, no work per delta
-                    if item:
-                        step.text += item  # type: ignore[arg-type]
-                        yield item  # type: ignore[misc]
-                else:  # a list that holds events too (from a custom provider)
+                    continue
+                try:
+                    # joined in C, text deltas are checked and recorded at once
+                    step.text.append("".join(item))  # type: ignore[arg-type]
+                except TypeError:  # a list that holds events too (from a custom provider)
                     for part in _split(item):
                         if type(part) is list:
                             step.text += part
                             yield part
                         else:
                             yield step.accept(part)
+                    continue
+                if item:  # text deltas: passed on whole, no work per delta
+                    yield item  # type: ignore[misc]
         finally:
             # close the provider's stream now, so a cancelled run ends its HTTP request
             aclose = getattr(events, "aclose", None)
