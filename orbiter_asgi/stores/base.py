@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import re
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -30,14 +29,10 @@ __all__ = [
     "encode_cursor",
     "new_session_id",
     "utcnow",
-    "validate_session_id",
 ]
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-
-_SESSION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -45,15 +40,6 @@ def utcnow() -> datetime:
 
 def new_session_id() -> str:
     return uuid.uuid4().hex
-
-
-def validate_session_id(session_id: str) -> str:
-    """Session ids are 1-128 of `A-Z a-z 0-9 . _ : -`; anything else is a 400."""
-    if _SESSION_ID.fullmatch(session_id) is None:
-        raise RequestError(
-            "Invalid session id: use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'"
-        )
-    return session_id
 
 
 def encode_cursor(created_at: datetime, session_id: str) -> str:
