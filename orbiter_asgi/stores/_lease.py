@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
 
 from ..exceptions import StoreError
+from ._keyed_lock import KeyedLock
 
 __all__ = ["LeaseLock"]
 
@@ -55,17 +55,13 @@ class LeaseLock:
         self._renew = renew
         self.ttl = ttl
         self.wait = wait
-        self._local: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._local = KeyedLock()
         self._held: dict[str, str] = {}
         self._renewer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def hold(self, session_id: str) -> AsyncIterator[None]:
-        local = self._local.get(session_id)
-        if local is None:
-            # no checkpoint when the lock is free: a turn awaits plenty anyway
-            local = self._local[session_id] = anyio.Lock(fast_acquire=True)
-        async with local:
+        async with self._local(session_id):
             token = uuid.uuid4().hex
             await self._acquire(session_id, token)
             self._held[session_id] = token

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import builtins
-import weakref
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-import anyio
 import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound
 from ..models import Message, Session, SessionSummary
+from ._keyed_lock import KeyedLock
 from .base import (
     DEFAULT_PAGE_SIZE,
     Page,
@@ -60,7 +60,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, _Record] = {}
-        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._locks = KeyedLock()
 
     def _record(self, session_id: str) -> _Record:
         try:
@@ -139,14 +139,8 @@ class MemoryStore:
         record.updated_at = now
         return stored
 
-    def lock(self, session_id: str) -> anyio.Lock:
-        # the lock itself is the context manager; the weak dict forgets it once
-        # no turn holds or waits for it
-        lock = self._locks.get(session_id)
-        if lock is None:
-            # no checkpoint when the lock is free: a turn awaits plenty anyway
-            lock = self._locks[session_id] = anyio.Lock(fast_acquire=True)
-        return lock
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks(session_id)
 
     async def aclose(self) -> None:
         return None

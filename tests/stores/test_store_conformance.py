@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -235,6 +236,49 @@ async def test_lock_is_released_on_error_and_cancel(store: SessionStore) -> None
     with anyio.fail_after(10):
         async with store.lock("s"):
             pass
+
+
+async def test_lock_waiters_are_served_in_order_and_may_give_up(store: SessionStore) -> None:
+    served: list[str] = []
+    scopes = {name: anyio.CancelScope() for name in "abc"}
+
+    async def wait_for_it(name: str) -> None:
+        with scopes[name]:
+            async with store.lock("queued"):
+                served.append(name)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            async with store.lock("queued"):
+                for name in "abc":
+                    group.start_soon(wait_for_it, name)
+                    await anyio.sleep(0.01)  # queued in this order
+                scopes["b"].cancel()  # gives up while waiting
+        async with store.lock("queued"):  # and nothing is left holding it
+            served.append("after")
+    assert served == ["a", "c", "after"]
+
+
+async def test_lock_handed_to_a_cancelled_waiter_passes_on(store: SessionStore) -> None:
+    served: list[str] = []
+
+    async def wait_for_it(name: str) -> None:
+        async with store.lock("handed"):
+            served.append(name)
+
+    with anyio.fail_after(10):
+        loop = asyncio.get_running_loop()
+        async with store.lock("handed"):
+            first = loop.create_task(wait_for_it("first"))
+            await anyio.sleep(0.01)
+            second = loop.create_task(wait_for_it("second"))
+            await anyio.sleep(0.01)
+        first.cancel()  # the lock was just handed to it; it has not run yet
+        await asyncio.gather(first, second, return_exceptions=True)
+        async with store.lock("handed"):
+            served.append("after")
+    assert first.cancelled()
+    assert served == ["second", "after"]
 
 
 async def test_locks_of_different_sessions_are_independent(store: SessionStore) -> None:
