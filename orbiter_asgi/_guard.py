@@ -108,7 +108,6 @@ class RunGuard:
             self._armed.discard(turn)
         else:
             del self._young[turn]
-        turn.disarm()  # a young turn may hold the drain's timer
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()

@@ -89,6 +89,10 @@ class Turn:
         traceback: TracebackType | None,
     ) -> bool:
         self.guard.exit(self)
+        if self._timer is not None:  # a young turn may hold the drain's timer
+            self._timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
         swallowed = False
         if self._cancel == _DELIVERED:
             assert self._task is not None
@@ -107,12 +111,6 @@ class Turn:
         self.set_deadline(self.timeout_at)
         if self.receive is not None:
             self.watcher = asyncio.get_running_loop().create_task(_watch(self, self.receive))
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.watcher is not None:
-            self.watcher.cancel()
 
     def cancel(self) -> None:
         """End the turn: at once, or when the shielded part ends."""

@@ -8,6 +8,7 @@ events. Adapting happens once, at registration.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -127,11 +128,8 @@ def adapt_agent(target: Any, name: str | None = None) -> RegisteredAgent:
     run_method = getattr(target, "run", None)
     if type(target) is Agent:
         # the built-in agent already yields the server's events, batches included:
-        # no per-event check, no adapter layer
-        def stream(input: str, messages: Sequence[Message]) -> AsyncIterator[AgentItem]:
-            return run_loop(target, input, messages)
-
-        return RegisteredAgent(name, target, stream)
+        # no per-event check, no adapter layer, not even a Python frame
+        return RegisteredAgent(name, target, functools.partial(run_loop, target))
     if stream_method is not None and callable(stream_method):
         return RegisteredAgent(name, target, _from_generator(stream_method))
     if run_method is not None and inspect.iscoroutinefunction(run_method):
