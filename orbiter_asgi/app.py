@@ -243,13 +243,13 @@ class OrbiterApp(MethodDecorators, Starlette):
         table: dict[tuple[str, str], ASGIApp] = {}
         routes = self.router.routes
         for index, route in enumerate(routes):
-            if "{" in getattr(route, "path", "{"):
-                continue
             if isinstance(route, Route) and isinstance(route.endpoint, Endpoint):
                 keys = [(method, route.path) for method in route.methods or ()]
             elif isinstance(route, WebSocketRoute) and isinstance(route.endpoint, SocketEndpoint):
                 keys = [("websocket", route.path)]
             else:
+                continue
+            if "{" in route.path:  # path parameters: left to the route scan
                 continue
             for key in keys:
                 if key not in table and not _matched_by(routes[:index], *key):

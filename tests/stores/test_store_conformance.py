@@ -248,12 +248,11 @@ async def test_lock_waiters_are_served_in_order_and_may_give_up(store: SessionSt
                 served.append(name)
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as group:
-            async with store.lock("queued"):
-                for name in "abc":
-                    group.start_soon(wait_for_it, name)
-                    await anyio.sleep(0.01)  # queued in this order
-                scopes["b"].cancel()  # gives up while waiting
+        async with anyio.create_task_group() as group, store.lock("queued"):
+            for name in "abc":
+                group.start_soon(wait_for_it, name)
+                await anyio.sleep(0.01)  # queued in this order
+            scopes["b"].cancel()  # gives up while waiting
         async with store.lock("queued"):  # and nothing is left holding it
             served.append("after")
     assert served == ["a", "c", "after"]
