@@ -8,16 +8,13 @@ one connection for many turns: each text (or binary) frame is a
 
 from __future__ import annotations
 
-import enum
-
 import anyio
-import anyio.abc
 import msgspec
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from ._codec import encode
-from ._context import get_context
+from ._context import AppContext, get_context
 from ._http import Endpoint, SocketEndpoint, query_params
 from ._sse import error_event, send_event_stream
 from .exceptions import OrbiterError, RequestError
@@ -46,12 +43,6 @@ class StreamEndpoint(Endpoint):
         await send_event_stream(send, run, receive, heartbeat=context.limits.heartbeat_interval)
 
 
-class _Socket(enum.Enum):
-    CONNECTING = 0
-    OPEN = 1
-    CLOSED = 2
-
-
 class _Frame(msgspec.Struct):
     type: str | None = None
 
@@ -63,84 +54,99 @@ _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"}
 
 
 class ChatSocket(SocketEndpoint):
-    """`WS /ws/chat`: many turns per connection, cancellable.
-
-    The connection's task runs the turns, one at a time. A reader task takes
-    every frame meanwhile, so a `cancel` stops the running turn, a chat frame
-    sent during a turn is answered `busy`, and a disconnect ends it all. The
-    reader hands each turn over on a channel: a turn costs no task, nor
-    cancel scope, of its own.
-    """
+    """`WS /ws/chat`: many turns per connection, cancellable."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        context = get_context(scope)
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        state = _Socket.OPEN
-        running: Run | None = None  # handed over, and not ended yet
-        turns_in, turns_out = anyio.create_memory_object_stream[Run](1)
+        await _Connection(get_context(scope), receive, send).serve()
 
-        async def send_event(event: Event) -> None:
-            if state is _Socket.OPEN:
-                await send({"type": "websocket.send", "text": encode(event).decode()})
 
-        async def emit(item: RunItem) -> None:
-            if type(item) is not list:
-                await send_event(item)  # type: ignore[arg-type]
-                return
-            for text in item:  # text deltas: one message each, still, sent from here
-                if state is not _Socket.OPEN:
-                    return
-                await send({"type": "websocket.send", "text": encode(TextEvent(text)).decode()})
+class _Connection:
+    """One accepted socket. Its task runs the turns, one at a time.
 
-        async def read_frames(group: anyio.abc.TaskGroup) -> None:
-            nonlocal state, running
-            with turns_in:
-                while True:
-                    message: Message = await receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    data = message.get("text")
-                    if data is None:
-                        data = message.get("bytes") or b""
-                    if _too_big(data, context.limits.max_ws_message_size):
-                        state = _Socket.CLOSED  # nothing more goes out after the close
-                        await send({"type": "websocket.close", "code": 1009, "reason": "Message too big"})
-                        break
-                    try:
-                        if _frame.decode(data).type == "cancel":
-                            if running is not None:
-                                running.cancel()
-                            continue
-                        request = _request.decode(data)
-                        if running is not None:
-                            await send_event(_BUSY)
-                            continue
-                        running = start_chat(context, request)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        await send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
-                        continue
-                    except (UnicodeDecodeError, RecursionError):
-                        await send_event(_UNREADABLE)
-                        continue
-                    except OrbiterError as exc:
-                        await send_event(ErrorEvent(error=exc.message, code=exc.code))
-                        continue
-                    turns_in.send_nowait(running)  # the last turn was taken: room for this one
-            state = _Socket.CLOSED
-            group.cancel_scope.cancel()  # a running turn ends; what it produced is stored
+    A reader task takes every frame meanwhile, so a `cancel` stops the
+    running turn, a chat frame sent during a turn is answered `busy`, and a
+    disconnect ends it all. The reader hands each turn over on a one-slot
+    channel: a turn costs no task, nor cancel scope, of its own.
+    """
 
-        async with anyio.create_task_group() as group, turns_out:
-            group.start_soon(read_frames, group)
-            async for run in turns_out:
+    __slots__ = ("_context", "_open", "_receive", "_running", "_send", "_turns_in", "_turns_out")
+
+    def __init__(self, context: AppContext, receive: Receive, send: Send) -> None:
+        self._context = context
+        self._receive = receive
+        self._send = send
+        self._open = True  # until the client leaves or is sent a close
+        self._running: Run | None = None  # handed over, and not ended yet
+        self._turns_in, self._turns_out = anyio.create_memory_object_stream[Run](1)
+
+    async def serve(self) -> None:
+        async with anyio.create_task_group() as group, self._turns_out:
+            group.start_soon(self._read_frames, group.cancel_scope)
+            async for run in self._turns_out:
                 try:
-                    done = await run.drive(emit)
+                    done = await run.drive(self._emit)
                     assert done is not None  # no `receive`: only a disconnect returns None
-                    await send_event(done)
+                    await self._send_event(done)
                 except Exception as exc:
-                    await send_event(error_event(exc, run.agent.name))
-                running = None
+                    await self._send_event(error_event(exc, run.agent.name))
+                self._running = None
+
+    async def _send_event(self, event: Event) -> None:
+        if self._open:
+            await self._send({"type": "websocket.send", "text": encode(event).decode()})
+
+    async def _emit(self, item: RunItem) -> None:
+        if type(item) is not list:
+            await self._send_event(item)  # type: ignore[arg-type]
+            return
+        send = self._send
+        for text in item:  # text deltas: one message each, still, sent from here
+            if not self._open:
+                return
+            await send({"type": "websocket.send", "text": encode(TextEvent(text)).decode()})
+
+    async def _read_frames(self, turns: anyio.CancelScope) -> None:
+        with self._turns_in:
+            while True:
+                message: Message = await self._receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                if _too_big(data, self._context.limits.max_ws_message_size):
+                    self._open = False  # nothing more goes out after the close
+                    await self._send({"type": "websocket.close", "code": 1009, "reason": "Message too big"})
+                    break
+                run = await self._take(data)
+                if run is not None:
+                    self._running = run
+                    self._turns_in.send_nowait(run)  # the last turn was taken: room for this one
+        self._open = False
+        turns.cancel()  # a running turn ends; what it produced is stored
+
+    async def _take(self, data: str | bytes) -> Run | None:
+        """The turn a frame asks for; None when the frame was answered here."""
+        try:
+            if _frame.decode(data).type == "cancel":
+                if self._running is not None:
+                    self._running.cancel()
+                return None
+            request = _request.decode(data)
+            if self._running is not None:
+                await self._send_event(_BUSY)
+                return None
+            return start_chat(self._context, request)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
+        except (UnicodeDecodeError, RecursionError):
+            await self._send_event(_UNREADABLE)
+        except OrbiterError as exc:
+            await self._send_event(ErrorEvent(error=exc.message, code=exc.code))
+        return None
 
 
 def _too_big(data: str | bytes, limit: int) -> bool:
