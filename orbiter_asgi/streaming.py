@@ -86,13 +86,15 @@ class _Connection:
         async with anyio.create_task_group() as group, self._turns_out:
             group.start_soon(self._read_frames, group.cancel_scope)
             async for run in self._turns_out:
+                last: Event | None
                 try:
-                    done = await run.drive(self._emit)
-                    assert done is not None  # no `receive`: only a disconnect returns None
-                    await self._send_event(done)
+                    last = await run.drive(self._emit)  # None only for a disconnect seen by `receive`
                 except Exception as exc:
-                    await self._send_event(error_event(exc, run.agent.name))
+                    last = error_event(exc, run.agent.name)
+                # over: a frame sent by a client that already has the end is not `busy`
                 self._running = None
+                if last is not None:
+                    await self._send_event(last)
 
     async def _send_event(self, event: Event) -> None:
         if self._open:
