@@ -31,9 +31,6 @@ class KeyedLock:
     def __call__(self, key: str) -> _Holding:
         return _Holding(self, key)
 
-    def locked(self, key: str) -> bool:
-        return key in self._waiters
-
     async def acquire(self, key: str) -> None:
         waiters = self._waiters.get(key)
         if waiters is None:
