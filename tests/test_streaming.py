@@ -88,6 +88,18 @@ async def _drive(app: OrbiterApp, scope: dict[str, Any], body: bytes, on_chunk: 
     await app(scope, receive, send)
 
 
+async def _body_chunks(app: OrbiterApp, scope: dict[str, Any]) -> list[bytes]:
+    """Every body chunk the app sends for a request without a body, in order."""
+    chunks: list[bytes] = []
+
+    async def on_chunk(message: dict[str, Any]) -> bool:
+        chunks.append(message["body"])
+        return False
+
+    await _drive(app, scope, b"", on_chunk)
+    return chunks
+
+
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_the_run() -> None:
     probe = Probe()
@@ -136,14 +148,8 @@ async def test_idle_stream_gets_comment_heartbeats() -> None:
         yield "late"
 
     app = create_app(agents={"slow": slow}, heartbeat_interval=0.1)
-    chunks: list[bytes] = []
-
-    async def on_chunk(message: dict[str, Any]) -> bool:
-        chunks.append(message["body"])
-        return False
-
     with anyio.fail_after(5):
-        await _drive(app, http_scope("GET", "/stream", b"input=x"), b"", on_chunk)
+        chunks = await _body_chunks(app, http_scope("GET", "/stream", b"input=x"))
     assert b": ping\n\n" in chunks
     assert chunks.index(b": ping\n\n") < next(i for i, c in enumerate(chunks) if b"late" in c)
     assert chunks[-1].endswith(b"data: [DONE]\n\n")
@@ -153,13 +159,7 @@ async def test_idle_stream_gets_comment_heartbeats() -> None:
 async def test_events_ready_together_leave_in_one_write() -> None:
     # an undelayed echo answer is ready at once: headers, then one body with done and [DONE]
     app = create_app(agents=[Agent("assistant")])
-    chunks: list[bytes] = []
-
-    async def on_chunk(message: dict[str, Any]) -> bool:
-        chunks.append(message["body"])
-        return False
-
-    await _drive(app, http_scope("GET", "/stream", b"input=one+two+three"), b"", on_chunk)
+    chunks = await _body_chunks(app, http_scope("GET", "/stream", b"input=one+two+three"))
     assert len(chunks) == 1
     kinds = [e["type"] for e in sse_events(chunks[0].decode()) if isinstance(e, dict)]
     assert kinds == ["text"] * 3 + ["done"]
@@ -170,14 +170,8 @@ async def test_events_ready_together_leave_in_one_write() -> None:
 async def test_words_that_come_apart_are_written_as_they_come() -> None:
     # a slowed-down model: each word is written before the next one is produced
     app = create_app(agents=[Agent("assistant", model="echo?delay=0.02")])
-    chunks: list[bytes] = []
-
-    async def on_chunk(message: dict[str, Any]) -> bool:
-        chunks.append(message["body"])
-        return False
-
     with anyio.fail_after(5):
-        await _drive(app, http_scope("GET", "/stream", b"input=one+two+three"), b"", on_chunk)
+        chunks = await _body_chunks(app, http_scope("GET", "/stream", b"input=one+two+three"))
     # the last word is ready together with the end of the run: they share the final write
     assert [sse_events(c.decode()) for c in chunks[:2]] == [
         [{"type": "text", "content": "one "}],
