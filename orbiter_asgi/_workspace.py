@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,11 @@ def resolve_file(workspace: Path, relative: str) -> Path:
     return target
 
 
+def _is_text(name: str) -> bool:
+    media_type, _ = mimetypes.guess_type(name)
+    return media_type is None or media_type.startswith("text/") or media_type.endswith(("json", "xml"))
+
+
 def list_files(workspace: Path) -> list[WorkspaceFile]:
     """Every regular file under `workspace`, sorted by path."""
     root = workspace.resolve()
@@ -58,11 +64,14 @@ def list_files(workspace: Path) -> list[WorkspaceFile]:
                 stat = real.stat()
             except (OSError, RuntimeError):
                 continue
+            relative = path.relative_to(root).as_posix()
             files.append(
                 WorkspaceFile(
-                    path=path.relative_to(root).as_posix(),
+                    name=relative,
+                    path=relative,
                     size=stat.st_size,
                     modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
+                    artifact_type="text" if _is_text(name) else "binary",
                 )
             )
     files.sort(key=lambda f: f.path)

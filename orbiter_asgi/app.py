@@ -92,7 +92,7 @@ chat_router = Router(
             summary="Run an agent: JSON, or SSE events when stream is true",
             request=ChatRequest,
             response=ChatResponse,
-            responses={400: ErrorDetail, 404: ErrorDetail, 502: ErrorDetail},
+            responses={400: ErrorDetail, 404: ErrorDetail, 502: ErrorDetail, 503: ErrorDetail},
             tags=["chat"],
             events=True,
         ),
@@ -350,7 +350,8 @@ def create_app(
 
     Parameters:
         agents: the agents to serve; by default the module-level registry that
-            `register_agent("name", agent)` fills, read live.
+            `register_agent("name", agent)` fills, read live, plus those
+            registered on this app alone with `register_agent(app, agent)`.
         store: a `SessionStore` or a store URL (`memory://`, `sqlite:///path.db`,
             `redis://host:port/0`); by default `$ORBITER_STORE`, else `memory://`.
         max_body_size: largest request body, in bytes (413 beyond, unread).
@@ -373,7 +374,7 @@ def create_app(
         drain_on_signal: drain on SIGTERM/SIGINT while the lifespan runs.
     """
     if agents is None:
-        registry = registered_agents
+        registry = AgentRegistry(parent=registered_agents)  # its own, over the module's
     elif isinstance(agents, AgentRegistry):
         registry = agents
     else:
@@ -415,7 +416,7 @@ def register_agent(target: Any, agent: Any = None, /, *, default: bool = False) 
     ```python
     register_agent("assistant", agent)             # the module registry
     register_agent(agent)                          # named by agent.name
-    register_agent(app, agent, default=True)       # one app's registry
+    register_agent(app, agent, default=True)       # that app alone
     ```
     """
     if isinstance(target, OrbiterApp):

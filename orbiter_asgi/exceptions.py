@@ -8,6 +8,7 @@
     │   ├── AgentNotFound        404  agent_not_found
     │   └── SessionNotFound      404  session_not_found
     ├── ConflictError            409  conflict
+    ├── NoAgentsRegistered       503  no_agents
     ├── Overloaded               503  overloaded
     │   └── ShuttingDown         503  shutdown
     ├── StoreError               503  store_unavailable
@@ -30,6 +31,7 @@ __all__ = [
     "AgentNotFound",
     "ConflictError",
     "MaxStepsExceeded",
+    "NoAgentsRegistered",
     "NotFoundError",
     "OrbiterError",
     "Overloaded",
@@ -97,6 +99,13 @@ class SessionNotFound(NotFoundError):
 class ConflictError(OrbiterError):
     status_code = 409
     code = "conflict"
+
+
+class NoAgentsRegistered(OrbiterError):
+    """The app serves no agent at all: a deployment fault, not a bad request."""
+
+    status_code = 503
+    code = "no_agents"
 
 
 class Overloaded(OrbiterError):

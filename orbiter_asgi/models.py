@@ -12,40 +12,51 @@ trigger collections.
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
+from ._model import Model
+
 __all__ = [
-    "AgentDetail",
     "AgentInfo",
+    "AgentSummary",
+    "AppendMessageRequest",
     "ChatRequest",
     "ChatResponse",
+    "CreateSessionRequest",
     "DoneEvent",
     "ErrorDetail",
     "ErrorEvent",
     "Event",
     "Message",
+    "Model",
     "Role",
     "Session",
-    "SessionCreate",
+    "SessionMessage",
     "SessionSummary",
-    "SessionUpdate",
     "TextEvent",
     "ToolCall",
     "ToolCallEvent",
     "ToolResultEvent",
+    "UpdateSessionRequest",
     "Usage",
     "ValidationErrorItem",
     "ValidationErrorResponse",
     "WorkspaceFile",
+    "WorkspaceFileContent",
 ]
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class Usage(msgspec.Struct, kw_only=True, gc=False):
+class Usage(Model, kw_only=True, gc=False):
     """Token counts of one model call, or summed over a run."""
 
     input_tokens: int = 0
@@ -60,7 +71,7 @@ class Usage(msgspec.Struct, kw_only=True, gc=False):
         )
 
 
-class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class ChatRequest(Model, kw_only=True, omit_defaults=True, gc=False):
     """Body of `POST /chat` and of each WebSocket turn.
 
     `message` is the original package's name for `input`; either may be sent.
@@ -79,17 +90,17 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
             self.input = self.message
 
 
-class ChatResponse(msgspec.Struct, kw_only=True, gc=False):
+class ChatResponse(Model, kw_only=True, gc=False):
     """Body of a non-streamed `POST /chat`."""
 
-    output: str
-    agent_name: str
+    output: str = ""
+    agent_name: str = ""
     session_id: str | None = None
-    steps: int = 1
+    steps: int = 0
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
-class ToolCall(msgspec.Struct, kw_only=True):
+class ToolCall(Model, kw_only=True):
     """A tool call the model asked for, as stored in an assistant message."""
 
     id: str
@@ -97,7 +108,7 @@ class ToolCall(msgspec.Struct, kw_only=True):
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Message(Model, kw_only=True, omit_defaults=True):
     """One entry of a session's history.
 
     Assistant messages may carry `tool_calls`; `tool` messages answer one call
@@ -113,83 +124,127 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
     is_error: bool = False
 
 
-class SessionCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+SessionMessage = Message
+"""The original package's name for a history entry."""
+
+AppendMessageRequest = Message
+"""The original package's name for the body of `POST /sessions/{id}/messages`
+(which also takes a list of them)."""
+
+
+class CreateSessionRequest(Model, kw_only=True):
     """Body of `POST /sessions`; `id` lets a client choose the session id."""
 
     agent_name: str | None = None
+    title: str = ""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     id: str | None = None
 
 
-class SessionUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class UpdateSessionRequest(Model, kw_only=True):
     """Body of `PATCH /sessions/{id}`: only the fields sent are changed."""
 
+    title: str | msgspec.UnsetType = msgspec.UNSET
     agent_name: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
-class Session(msgspec.Struct, kw_only=True):
+class Session(Model, kw_only=True):
     """A session with its whole history."""
 
-    id: str
-    agent_name: str | None
-    metadata: dict[str, Any]
-    messages: list[Message]
-    created_at: datetime
-    updated_at: datetime
+    id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+    agent_name: str | None = None
+    title: str = ""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    messages: list[Message] = msgspec.field(default_factory=list)
+    created_at: datetime = msgspec.field(default_factory=_utcnow)
+    updated_at: datetime = msgspec.field(default_factory=_utcnow)
 
 
-class SessionSummary(msgspec.Struct, kw_only=True):
+class SessionSummary(Model, kw_only=True):
     """A session in a listing: everything but the messages."""
 
     id: str
-    agent_name: str | None
-    metadata: dict[str, Any]
-    message_count: int
-    created_at: datetime
-    updated_at: datetime
+    agent_name: str | None = None
+    title: str = ""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    message_count: int = 0
+    created_at: datetime = msgspec.field(default_factory=_utcnow)
+    updated_at: datetime = msgspec.field(default_factory=_utcnow)
 
 
-class AgentInfo(msgspec.Struct, kw_only=True):
+class AgentSummary(Model, kw_only=True):
     """An agent in `GET /agents`."""
 
     name: str
-    model: str
-    description: str
+    model: str = ""
+    description: str = ""
 
 
-class AgentDetail(msgspec.Struct, kw_only=True):
-    """`GET /agents/{name}`."""
+class AgentInfo(Model, kw_only=True):
+    """An agent in `GET /agents/{name}`: what the original package's listing said too.
+
+    `temperature` and `max_tokens` are None where the agent leaves them to
+    its model's defaults.
+    """
 
     name: str
-    model: str
-    description: str
-    instructions: str
-    tools: list[str]
-    max_steps: int
+    model: str = ""
+    description: str = ""
+    is_default: bool = False
+    instructions: str = ""
+    tools: list[str] = msgspec.field(default_factory=list)
+    handoffs: list[str] = msgspec.field(default_factory=list)
+    max_steps: int = 0
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
-class WorkspaceFile(msgspec.Struct, kw_only=True):
-    """A file in an agent's workspace; `path` is relative and uses `/`."""
+class WorkspaceFile(Model, kw_only=True):
+    """A file in an agent's workspace; `path` is relative and uses `/`.
 
-    path: str
-    size: int
-    modified_at: datetime
+    `name` (the original package's field) is the same path; a file on disk
+    has one version, and its `artifact_type` is `text` or `binary`.
+    """
+
+    name: str
+    path: str = ""
+    size: int = 0
+    modified_at: datetime | None = None
+    artifact_type: str = "text"
+    version_count: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            self.path = self.name
 
 
-class ErrorDetail(msgspec.Struct, gc=False):
+class WorkspaceFileContent(Model, kw_only=True):
+    """A workspace file with its text, as the original package answered it.
+
+    `GET /agents/{name}/workspace/{path}` serves the file itself (with its
+    media type and `Range`); this model is kept for code that builds one.
+    """
+
+    name: str
+    content: str
+    artifact_type: str = "text"
+    version_count: int = 1
+
+
+class ErrorDetail(Model, gc=False):
     """`{"detail": "..."}`, the FastAPI error body."""
 
     detail: str
 
 
-class ValidationErrorItem(msgspec.Struct, kw_only=True):
+class ValidationErrorItem(Model, kw_only=True):
     loc: list[str | int]
     msg: str
     type: str
 
 
-class ValidationErrorResponse(msgspec.Struct):
+class ValidationErrorResponse(Model):
     """A 422 body: where and why the request did not match its struct."""
 
     detail: list[ValidationErrorItem]
@@ -199,13 +254,13 @@ class ValidationErrorResponse(msgspec.Struct):
 # One vocabulary for SSE, WebSocket and the Python API, tagged by `type`.
 
 
-class TextEvent(msgspec.Struct, tag="text", tag_field="type", gc=False):
+class TextEvent(Model, tag="text", tag_field="type", gc=False):
     """A text delta."""
 
     content: str
 
 
-class ToolCallEvent(msgspec.Struct, tag="tool_call", tag_field="type", kw_only=True):
+class ToolCallEvent(Model, tag="tool_call", tag_field="type", kw_only=True):
     """The model calls a tool; `arguments` are already parsed."""
 
     id: str
@@ -213,7 +268,7 @@ class ToolCallEvent(msgspec.Struct, tag="tool_call", tag_field="type", kw_only=T
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ToolResultEvent(msgspec.Struct, tag="tool_result", tag_field="type", kw_only=True, gc=False):
+class ToolResultEvent(Model, tag="tool_result", tag_field="type", kw_only=True, gc=False):
     """What a tool returned (or the error it raised, with `is_error`)."""
 
     id: str
@@ -222,17 +277,18 @@ class ToolResultEvent(msgspec.Struct, tag="tool_result", tag_field="type", kw_on
     is_error: bool = False
 
 
-class DoneEvent(msgspec.Struct, tag="done", tag_field="type", kw_only=True, gc=False):
-    """The run finished; mirrors `ChatResponse`."""
+class DoneEvent(Model, tag="done", tag_field="type", kw_only=True, gc=False):
+    """The run ended; mirrors `ChatResponse`. A failed or cancelled turn has
+    one too, after its `error`, with what it produced."""
 
-    output: str
-    agent_name: str
+    output: str = ""
+    agent_name: str = ""
     session_id: str | None = None
-    steps: int = 1
+    steps: int = 0
     usage: Usage = msgspec.field(default_factory=Usage)
 
 
-class ErrorEvent(msgspec.Struct, tag="error", tag_field="type", kw_only=True, gc=False):
+class ErrorEvent(Model, tag="error", tag_field="type", kw_only=True, gc=False):
     """The run failed or was refused; `code` is machine-readable."""
 
     error: str

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .exceptions import AgentError, AgentNotFound
+from .exceptions import AgentError, AgentNotFound, NoAgentsRegistered
 from .models import Message, TextEvent, ToolCallEvent, ToolResultEvent, Usage
 from .runtime.agent import Agent
 from .runtime.loop import AgentEvent, AgentItem, run_loop
@@ -53,10 +53,15 @@ def _output_text(result: Any) -> str:
     raise AgentError(f"Agent returned {type(result).__name__}; expected str or an object with .output")
 
 
-def _tool_name(tool: Any) -> str:
-    if isinstance(tool, str):
-        return tool
-    return str(getattr(tool, "name", None) or getattr(tool, "__name__", None) or repr(tool))
+def _name_of(item: Any) -> str:
+    """A tool's or handoff's name: given as a string, a named object or a function."""
+    if isinstance(item, str):
+        return item
+    return str(getattr(item, "name", None) or getattr(item, "__name__", None) or repr(item))
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    return kind(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _from_generator(fn: Callable[..., Any]) -> StreamFn:
@@ -93,12 +98,15 @@ class RegisteredAgent:
 
     __slots__ = (
         "description",
+        "handoffs",
         "instructions",
         "max_steps",
+        "max_tokens",
         "model",
         "name",
         "stream",
         "target",
+        "temperature",
         "tools",
         "workspace",
     )
@@ -112,9 +120,12 @@ class RegisteredAgent:
         if not self.description and inspect.isroutine(target):
             self.description = inspect.getdoc(target) or ""
         self.instructions: str = str(getattr(target, "instructions", None) or "")
-        tools = getattr(target, "tools", None) or []
-        self.tools: list[str] = [_tool_name(t) for t in tools]
+        # lists of tools or handoffs, or dicts of them by name (the original's Agent)
+        self.tools: list[str] = [_name_of(t) for t in getattr(target, "tools", None) or ()]
+        self.handoffs: list[str] = [_name_of(h) for h in getattr(target, "handoffs", None) or ()]
         self.max_steps: int = int(getattr(target, "max_steps", None) or 1)
+        self.temperature: float | None = _number(getattr(target, "temperature", None), float)
+        self.max_tokens: int | None = _number(getattr(target, "max_tokens", None), int)
         workspace = getattr(target, "workspace", None)
         self.workspace: Path | None = Path(workspace) if workspace is not None else None
 
@@ -151,12 +162,24 @@ class AgentRegistry(Mapping[str, Any]):
 
     The default agent (used when a request names none) is the first one
     registered, unless another is registered with `default=True`.
+
+    A registry with a `parent` also serves the parent's agents, live; its
+    own shadow the parent's of the same name, and its own default, once it
+    has agents, wins. Each app built without `agents=` has such a registry
+    over `registered_agents`, so `register_agent(app, ...)` touches that app
+    alone.
     """
 
-    def __init__(self, agents: Mapping[str, Any] | Sequence[Any] | None = None) -> None:
+    def __init__(
+        self,
+        agents: Mapping[str, Any] | Sequence[Any] | None = None,
+        *,
+        parent: AgentRegistry | None = None,
+    ) -> None:
         self._agents: dict[str, RegisteredAgent] = {}
         self._default: str | None = None
-        self.version = 0  # bumped by every change, so listings can be cached
+        self._parent = parent
+        self._changes = 0
         if isinstance(agents, Mapping):
             for agent_name, agent in agents.items():
                 self.register(agent, name=agent_name)
@@ -164,53 +187,80 @@ class AgentRegistry(Mapping[str, Any]):
             for agent in agents:
                 self.register(agent)
 
+    @property
+    def version(self) -> int:
+        """Grows with every change, the parent's included, so listings can be cached."""
+        return self._changes + (self._parent.version if self._parent is not None else 0)
+
     def register(self, agent: Any, *, name: str | None = None, default: bool = False) -> RegisteredAgent:
         entry = adapt_agent(agent, name)
         self._agents[entry.name] = entry
-        self.version += 1
+        self._changes += 1
         if default or self._default is None:
             self._default = entry.name
         return entry
 
     def unregister(self, name: str) -> None:
+        """Forget one of this registry's own agents (a parent's stay)."""
         self._agents.pop(name, None)
-        self.version += 1
+        self._changes += 1
         if self._default == name:
             self._default = next(iter(self._agents), None)
 
     def clear(self) -> None:
         self._agents.clear()
-        self.version += 1
+        self._changes += 1
         self._default = None
 
+    def _find(self, name: str) -> RegisteredAgent | None:
+        entry = self._agents.get(name)
+        if entry is None and self._parent is not None:
+            return self._parent._find(name)
+        return entry
+
     def resolve(self, name: str | None) -> RegisteredAgent:
-        """The named agent, or the default one when `name` is None."""
-        key = self._default if name is None else name
-        entry = self._agents.get(key) if key is not None else None
+        """The named agent, or the default one when `name` is None.
+
+        No agent registered at all is a 503, as in the original package: the
+        server is not set up, whatever the request asked for.
+        """
+        key = self.default_name if name is None else name
+        entry = self._find(key) if key is not None else None
         if entry is None:
-            if name is None:
-                raise AgentNotFound("No agents are registered")
+            if name is None or not self:
+                raise NoAgentsRegistered("No agents registered")
             raise AgentNotFound(f"Agent {name!r} not found")
         return entry
 
     def entries(self) -> list[RegisteredAgent]:
-        return list(self._agents.values())
+        if self._parent is None:
+            return list(self._agents.values())
+        merged = {entry.name: entry for entry in self._parent.entries()}
+        merged.update(self._agents)
+        return list(merged.values())
 
     @property
     def default_name(self) -> str | None:
-        return self._default
+        if self._default is not None or self._parent is None:
+            return self._default
+        return self._parent.default_name
 
     def __getitem__(self, name: str) -> Any:
-        return self._agents[name].target
+        entry = self._find(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry.target
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._agents)
+        return iter([entry.name for entry in self.entries()])
 
     def __len__(self) -> int:
-        return len(self._agents)
+        if self._parent is None:
+            return len(self._agents)
+        return len(self.entries())
 
     def __repr__(self) -> str:
-        return f"AgentRegistry({list(self._agents)!r})"
+        return f"AgentRegistry({list(self)!r})"
 
 
 registered_agents = AgentRegistry()

@@ -2,7 +2,10 @@
 
 `GET /sessions` answers a JSON list, as the original package does; when more
 pages exist, the `X-Next-Cursor` header (and a `Link: rel="next"`) carries
-the cursor for the next call.
+the cursor for the next call. `POST /sessions/{id}/messages` takes one
+message or a list, and answers in kind.
+
+The endpoints carry the original package's handler names, as do their routes.
 """
 
 from __future__ import annotations
@@ -17,21 +20,38 @@ from ._context import Limits, get_context
 from ._http import Endpoint, query_params, read_body, read_json, send_json
 from .exceptions import SessionNotFound
 from .models import (
+    AppendMessageRequest,
+    CreateSessionRequest,
     ErrorDetail,
     Message,
     Session,
-    SessionCreate,
+    SessionMessage,
     SessionSummary,
-    SessionUpdate,
+    UpdateSessionRequest,
     ValidationErrorItem,
 )
 from .routing import Operation, Router
 from .stores.base import DEFAULT_PAGE_SIZE
 
-__all__ = ["session_router"]
+__all__ = [
+    "AppendMessageRequest",
+    "CreateSessionRequest",
+    "Session",
+    "SessionMessage",
+    "SessionSummary",
+    "UpdateSessionRequest",
+    "append_message",
+    "create_session",
+    "delete_session",
+    "get_session",
+    "list_messages",
+    "list_sessions",
+    "session_router",
+    "update_session",
+]
 
-_create: Decoder[SessionCreate] = Decoder(SessionCreate)
-_update: Decoder[SessionUpdate] = Decoder(SessionUpdate)
+_create: Decoder[CreateSessionRequest] = Decoder(CreateSessionRequest)
+_update: Decoder[UpdateSessionRequest] = Decoder(UpdateSessionRequest)
 _messages: Decoder[Message | list[Message]] = Decoder(Message | list[Message])
 
 
@@ -57,12 +77,15 @@ class CreateSession(Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = get_context(scope)
         body = await read_body(scope, receive, context.limits.max_body_size)
-        request = _create.decode(body) if body.strip() else SessionCreate()
+        request = _create.decode(body) if body.strip() else CreateSessionRequest()
         if request.id is not None:
             context.limits.check_session_id(request.id)
         context.limits.check_depth(request.metadata, "metadata")
         session = await context.store.create(
-            agent_name=request.agent_name, metadata=request.metadata, session_id=request.id
+            agent_name=request.agent_name,
+            title=request.title,
+            metadata=request.metadata,
+            session_id=request.id,
         )
         await send_json(send, encode(session), 201)
 
@@ -99,7 +122,7 @@ class UpdateSession(Endpoint):
         update = await read_json(scope, receive, _update, context.limits.max_body_size)
         context.limits.check_depth(update.metadata, "metadata")
         session = await context.store.update(
-            session_id, agent_name=update.agent_name, metadata=update.metadata
+            session_id, title=update.title, agent_name=update.agent_name, metadata=update.metadata
         )
         await send_json(send, encode(session))
 
@@ -122,7 +145,7 @@ class ListMessages(Endpoint):
         await send_json(send, encode(messages))
 
 
-class AppendMessages(Endpoint):
+class AppendMessage(Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = get_context(scope)
         session_id = _session_id(scope)
@@ -134,27 +157,33 @@ class AppendMessages(Endpoint):
         store = context.store
         async with store.lock(session_id):
             stored = await store.append(session_id, messages)
-        await send_json(send, encode(stored), 201)
+        await send_json(send, encode(stored if isinstance(body, list) else stored[0]), 201)
 
+
+create_session = CreateSession()
+list_sessions = ListSessions()
+get_session = GetSession()
+update_session = UpdateSession()
+delete_session = DeleteSession()
+list_messages = ListMessages()
+append_message = AppendMessage()
 
 _TAGS = ["sessions"]
 _ERRORS = {404: ErrorDetail, 400: ErrorDetail}
 
 session_router = Router(
     [
-        Route("/sessions", CreateSession(), methods=["POST"], name="create_session"),
-        Route("/sessions", ListSessions(), methods=["GET"], name="list_sessions"),
-        Route("/sessions/{session_id}", GetSession(), methods=["GET"], name="get_session"),
-        Route("/sessions/{session_id}", UpdateSession(), methods=["PATCH"], name="update_session"),
-        Route("/sessions/{session_id}", DeleteSession(), methods=["DELETE"], name="delete_session"),
-        Route("/sessions/{session_id}/messages", ListMessages(), methods=["GET"], name="list_messages"),
-        Route(
-            "/sessions/{session_id}/messages", AppendMessages(), methods=["POST"], name="append_messages"
-        ),
+        Route("/sessions", create_session, methods=["POST"], name="create_session"),
+        Route("/sessions", list_sessions, methods=["GET"], name="list_sessions"),
+        Route("/sessions/{session_id}", get_session, methods=["GET"], name="get_session"),
+        Route("/sessions/{session_id}", update_session, methods=["PATCH"], name="update_session"),
+        Route("/sessions/{session_id}", delete_session, methods=["DELETE"], name="delete_session"),
+        Route("/sessions/{session_id}/messages", list_messages, methods=["GET"], name="list_messages"),
+        Route("/sessions/{session_id}/messages", append_message, methods=["POST"], name="append_message"),
     ],
     operations=[
         Operation(
-            method="post", path="/sessions", summary="Create a session", request=SessionCreate,
+            method="post", path="/sessions", summary="Create a session", request=CreateSessionRequest,
             response=Session, status=201, responses={409: ErrorDetail}, tags=_TAGS,
         ),
         Operation(
@@ -167,8 +196,8 @@ session_router = Router(
             response=Session, responses=_ERRORS, tags=_TAGS,
         ),
         Operation(
-            method="patch", path="/sessions/{session_id}", summary="Update metadata or agent",
-            request=SessionUpdate, response=Session, responses=_ERRORS, tags=_TAGS,
+            method="patch", path="/sessions/{session_id}", summary="Update title, metadata or agent",
+            request=UpdateSessionRequest, response=Session, responses=_ERRORS, tags=_TAGS,
         ),
         Operation(
             method="delete", path="/sessions/{session_id}", summary="Delete a session",
@@ -179,8 +208,9 @@ session_router = Router(
             response=list[Message], responses=_ERRORS, tags=_TAGS,
         ),
         Operation(
-            method="post", path="/sessions/{session_id}/messages", summary="Append messages",
-            request=Message | list[Message], response=list[Message], status=201,
+            method="post", path="/sessions/{session_id}/messages",
+            summary="Append a message, or a list of them; answered in kind",
+            request=Message | list[Message], response=Message | list[Message], status=201,
             responses=_ERRORS, tags=_TAGS,
         ),
     ],

@@ -74,6 +74,10 @@ async def test_agent_detail_lists_tools_and_limits(workspace_app) -> None:  # ty
         "instructions": "You are a helpful assistant.",
         "tools": ["get_weather"],
         "max_steps": 7,
+        "is_default": True,
+        "handoffs": [],
+        "temperature": None,
+        "max_tokens": None,
     }
     assert missing.status_code == 404
     assert missing.json() == {"detail": "Agent 'nobody' not found"}

@@ -114,11 +114,15 @@ async def test_unknown_agent_is_404(client: httpx.AsyncClient) -> None:
     assert response.json() == {"detail": "Agent 'nobody' not found"}
 
 
-async def test_no_agents_registered_is_404() -> None:
+async def test_no_agents_registered_is_503_as_in_the_original() -> None:
     async with client_for(create_app(agents=[])) as client:
         response = await client.post("/chat", json={"input": "hi"})
-    assert response.status_code == 404
-    assert response.json() == {"detail": "No agents are registered"}
+        named = await client.post("/chat", json={"input": "hi", "agent_name": "assistant"})
+        streamed = await client.get("/stream", params={"input": "hi"})
+        detail = await client.get("/agents/assistant")
+    for answer in (response, named, streamed, detail):
+        assert answer.status_code == 503
+        assert answer.json() == {"detail": "No agents registered"}
 
 
 async def test_agent_failure_is_502_with_clear_detail_and_error_event() -> None:
@@ -156,4 +160,4 @@ def test_chat_request_and_response_build_like_the_original_models() -> None:
     with pytest.raises(ValueError, match="input"):
         ChatRequest(agent_name="assistant")
     response = ChatResponse(output="x", agent_name="assistant", session_id="s")
-    assert response.usage.total_tokens == 0 and response.steps == 1
+    assert response.usage.total_tokens == 0 and response.steps == 0

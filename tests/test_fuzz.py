@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi._codec import Decoder
 from orbiter_asgi.exceptions import RequestError
-from orbiter_asgi.models import ChatRequest, Message, SessionCreate, SessionUpdate, Usage
+from orbiter_asgi.models import ChatRequest, Message, CreateSessionRequest, UpdateSessionRequest, Usage
 from tests.helpers import client_for
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -111,8 +111,8 @@ def _raw(values: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 DECODERS = {
     "chat": (Decoder(ChatRequest), chat_requests),
-    "session_create": (Decoder(SessionCreate), session_creates),
-    "session_update": (Decoder(SessionUpdate), session_updates),
+    "session_create": (Decoder(CreateSessionRequest), session_creates),
+    "session_update": (Decoder(UpdateSessionRequest), session_updates),
     "messages": (Decoder(Message | list[Message]), messages | st.lists(messages, max_size=3)),
 }
 

@@ -14,9 +14,9 @@ async def test_openapi_31_document_from_the_structs(client: httpx.AsyncClient) -
     assert set(spec["paths"]) == {
         "/chat",
         "/agents",
-        "/agents/{name}",
-        "/agents/{name}/workspace",
-        "/agents/{name}/workspace/{path}",
+        "/agents/{agent_name}",
+        "/agents/{agent_name}/workspace",
+        "/agents/{agent_name}/workspace/{file_name}",
         "/sessions",
         "/sessions/{session_id}",
         "/sessions/{session_id}/messages",

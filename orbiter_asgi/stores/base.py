@@ -88,6 +88,7 @@ class SessionStore(Protocol):
         self,
         *,
         agent_name: str | None = None,
+        title: str = "",
         metadata: dict[str, Any] | None = None,
         session_id: str | None = None,
     ) -> Session: ...
@@ -111,6 +112,7 @@ class SessionStore(Protocol):
         session_id: str,
         *,
         agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
+        title: str | msgspec.UnsetType = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session: ...
 

@@ -25,11 +25,12 @@ __all__ = ["MemoryStore"]
 
 
 class _Record:
-    __slots__ = ("agent_name", "created_at", "id", "messages", "metadata", "updated_at")
+    __slots__ = ("agent_name", "created_at", "id", "messages", "metadata", "title", "updated_at")
 
-    def __init__(self, session_id: str, agent_name: str | None, metadata: dict[str, Any]) -> None:
+    def __init__(self, session_id: str, agent_name: str | None, title: str, metadata: dict[str, Any]) -> None:
         self.id = session_id
         self.agent_name = agent_name
+        self.title = title
         self.metadata = metadata
         self.messages: list[Message] = []
         self.created_at = self.updated_at = utcnow()
@@ -38,6 +39,7 @@ class _Record:
         return Session(
             id=self.id,
             agent_name=self.agent_name,
+            title=self.title,
             metadata=dict(self.metadata),
             messages=list(self.messages),
             created_at=self.created_at,
@@ -48,6 +50,7 @@ class _Record:
         return SessionSummary(
             id=self.id,
             agent_name=self.agent_name,
+            title=self.title,
             metadata=dict(self.metadata),
             message_count=len(self.messages),
             created_at=self.created_at,
@@ -72,13 +75,14 @@ class MemoryStore:
         self,
         *,
         agent_name: str | None = None,
+        title: str = "",
         metadata: dict[str, Any] | None = None,
         session_id: str | None = None,
     ) -> Session:
         session_id = session_id or new_session_id()
         if session_id in self._records:
             raise ConflictError(f"Session {session_id!r} already exists")
-        record = self._records[session_id] = _Record(session_id, agent_name, dict(metadata or {}))
+        record = self._records[session_id] = _Record(session_id, agent_name, title, dict(metadata or {}))
         return record.session()
 
     async def get(self, session_id: str) -> Session:
@@ -109,11 +113,14 @@ class MemoryStore:
         session_id: str,
         *,
         agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
+        title: str | msgspec.UnsetType = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session:
         record = self._record(session_id)
         if agent_name is not msgspec.UNSET:
             record.agent_name = agent_name
+        if title is not msgspec.UNSET:
+            record.title = title
         if metadata is not msgspec.UNSET:
             record.metadata = dict(metadata)
         record.updated_at = utcnow()
@@ -128,7 +135,7 @@ class MemoryStore:
     async def history(self, session_id: str, *, agent_name: str | None) -> builtins.list[Message]:
         record = self._records.get(session_id)
         if record is None:
-            record = self._records[session_id] = _Record(session_id, agent_name, {})
+            record = self._records[session_id] = _Record(session_id, agent_name, "", {})
         return list(record.messages)
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> builtins.list[Message]:

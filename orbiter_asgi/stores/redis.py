@@ -59,10 +59,13 @@ __all__ = ["RedisStore"]
 T = TypeVar("T")
 
 _OPTIONS = ("prefix", "timeout", "lock_ttl", "lock_wait")
-_FIELDS = ("agent", "metadata", "created_at", "updated_at")
+_FIELDS = ("agent", "metadata", "created_at", "updated_at", "title")
 _RETRY_DEDUPE_MS = 120_000
 
-# KEYS: hash, index; ARGV: id, agent ('' = none), agent index key ('' = none), metadata, now, token
+# KEYS: hash, index
+# ARGV: id, agent ('' = none), agent index key ('' = none), metadata, now, token, title
+# A title is written only when there is one: hashes without it (and those of
+# stores older than titles) read as "".
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'token') == ARGV[6] and 1 or 0
@@ -70,6 +73,7 @@ end
 redis.call('HSET', KEYS[1], 'metadata', ARGV[4], 'created_at', ARGV[5], 'updated_at', ARGV[5],
   'token', ARGV[6])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'agent', ARGV[2]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[7]) end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 if ARGV[3] ~= '' then redis.call('ZADD', ARGV[3], ARGV[5], ARGV[1]) end
 return 1
@@ -102,7 +106,7 @@ return redis.call('LLEN', KEYS[2])
 """
 
 # KEYS: hash, messages
-# ARGV: agent index prefix, id, now, set agent?, agent, set metadata?, metadata
+# ARGV: agent index prefix, id, now, set agent?, agent, set metadata?, metadata, set title?, title
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if ARGV[4] == '1' then
@@ -117,8 +121,9 @@ if ARGV[4] == '1' then
   end
 end
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'metadata', ARGV[7]) end
+if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[9]) end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
-return {redis.call('HMGET', KEYS[1], 'agent', 'metadata', 'created_at', 'updated_at'),
+return {redis.call('HMGET', KEYS[1], 'agent', 'metadata', 'created_at', 'updated_at', 'title'),
   redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
@@ -155,10 +160,10 @@ while #out < want do
     local id = page[i]
     if ARGV[3] == '' or tonumber(page[i + 1]) ~= after_score or below(id, ARGV[3]) then
       local row = redis.call('HMGET', ARGV[1] .. 's:' .. id, 'agent', 'metadata', 'created_at',
-        'updated_at')
+        'updated_at', 'title')
       if row[3] then
         out[#out + 1] = {id, row[1], row[2], row[3], row[4],
-          redis.call('LLEN', ARGV[1] .. 'm:' .. id)}
+          redis.call('LLEN', ARGV[1] .. 'm:' .. id), row[5]}
         if #out == want then break end
       end
     end
@@ -309,6 +314,7 @@ class RedisStore:
         self,
         *,
         agent_name: str | None = None,
+        title: str = "",
         metadata: dict[str, Any] | None = None,
         session_id: str | None = None,
     ) -> Session:
@@ -323,12 +329,14 @@ class RedisStore:
             encode_metadata(metadata),
             micros(now),
             uuid.uuid4().hex,
+            title,
         )
         if not await self._script("create", (session_key, self._index), args):
             raise ConflictError(f"Session {session_id!r} already exists")
         return Session(
             id=session_id,
             agent_name=agent_name,
+            title=title,
             metadata=metadata,
             messages=[],
             created_at=now,
@@ -349,12 +357,13 @@ class RedisStore:
         return self._session(session_id, row, bodies)
 
     def _session(self, session_id: str, row: list[bytes | None], bodies: list[bytes]) -> Session:
-        agent, metadata, created_at, updated_at = row
+        agent, metadata, created_at, updated_at, title = row
         if created_at is None or metadata is None or updated_at is None:
             raise SessionNotFound.of(session_id)
         return Session(
             id=session_id,
             agent_name=_text(agent),
+            title=_text(title) or "",
             metadata=self._decode(decode_metadata, metadata),
             messages=[self._decode(decode_message, body) for body in bodies],
             created_at=from_micros(int(created_at)),
@@ -386,12 +395,13 @@ class RedisStore:
             SessionSummary(
                 id=raw_id.decode(),
                 agent_name=_text(agent),
+                title=_text(title) or "",
                 metadata=self._decode(decode_metadata, metadata),
                 message_count=int(count),
                 created_at=from_micros(int(created)),
                 updated_at=from_micros(int(updated)),
             )
-            for raw_id, agent, metadata, created, updated, count in rows[:limit]
+            for raw_id, agent, metadata, created, updated, count, title in rows[:limit]
         ]
         return Page.of(items, more=len(rows) > limit)
 
@@ -400,11 +410,13 @@ class RedisStore:
         session_id: str,
         *,
         agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
+        title: str | msgspec.UnsetType = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session:
         keys = self._keys(session_id)
         set_agent = agent_name is not msgspec.UNSET
         set_metadata = metadata is not msgspec.UNSET
+        set_title = title is not msgspec.UNSET
         args = (
             self._agents,
             session_id,
@@ -413,6 +425,8 @@ class RedisStore:
             (agent_name or "") if set_agent else "",
             "1" if set_metadata else "0",
             encode_metadata(metadata) if set_metadata else b"",  # type: ignore[arg-type]
+            "1" if set_title else "0",
+            title if set_title else "",
         )
         result = await self._script("update", keys, args)
         if result is None:

@@ -81,11 +81,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # sessions gain a title; rows of older files read as ""
+    ("ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait")
-_SESSION_COLUMNS = "id, agent_name, metadata, message_count, created_at, updated_at"
+_SESSION_COLUMNS = "id, agent_name, title, metadata, message_count, created_at, updated_at"
 
 _process_ids: dict[int, str] = {}
 
@@ -120,12 +122,13 @@ def _path_of(url: str) -> str:
 class _Row:
     """One `sessions` row, decoded."""
 
-    __slots__ = ("agent_name", "created_at", "id", "message_count", "metadata", "updated_at")
+    __slots__ = ("agent_name", "created_at", "id", "message_count", "metadata", "title", "updated_at")
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         (
             self.id,
             self.agent_name,
+            self.title,
             metadata,
             self.message_count,
             created_at,
@@ -139,6 +142,7 @@ class _Row:
         return Session(
             id=self.id,
             agent_name=self.agent_name,
+            title=self.title,
             metadata=self.metadata,
             messages=messages,
             created_at=self.created_at,
@@ -149,6 +153,7 @@ class _Row:
         return SessionSummary(
             id=self.id,
             agent_name=self.agent_name,
+            title=self.title,
             metadata=self.metadata,
             message_count=self.message_count,
             created_at=self.created_at,
@@ -346,18 +351,19 @@ class SQLiteStore:
         self,
         *,
         agent_name: str | None = None,
+        title: str = "",
         metadata: dict[str, Any] | None = None,
         session_id: str | None = None,
     ) -> Session:
         session_id = session_id or new_session_id()
         now = micros(utcnow())
-        row = (session_id, agent_name, encode_metadata(metadata or {}).decode(), 0, now, now)
+        row = (session_id, agent_name, title, encode_metadata(metadata or {}).decode(), 0, now, now)
         return await self._run(self._create, row)
 
     @staticmethod
     def _create(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Session:
         try:
-            conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?)", row)
+            conn.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?)", row)
         except sqlite3.IntegrityError:
             raise ConflictError(f"Session {row[0]!r} already exists") from None
         return _Row(row).session([])
@@ -411,11 +417,14 @@ class SQLiteStore:
         session_id: str,
         *,
         agent_name: str | msgspec.UnsetType | None = msgspec.UNSET,
+        title: str | msgspec.UnsetType = msgspec.UNSET,
         metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Session:
         changes: dict[str, Any] = {"updated_at": micros(utcnow())}
         if agent_name is not msgspec.UNSET:
             changes["agent_name"] = agent_name
+        if title is not msgspec.UNSET:
+            changes["title"] = title
         if metadata is not msgspec.UNSET:
             changes["metadata"] = encode_metadata(metadata).decode()
         return await self._run(self._update, session_id, changes)
@@ -470,7 +479,7 @@ class SQLiteStore:
         # new session: create it, unless another process just did
         with _Transaction(conn, immediate=True):
             created = conn.execute(
-                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'{{}}',0,?,?)",
+                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'','{{}}',0,?,?)",
                 (session_id, agent_name, now, now),
             ).rowcount
             return [] if created else _select_messages(conn, session_id)

@@ -133,6 +133,36 @@ async def test_update(store: SessionStore) -> None:
     assert await store.get(session.id) == untouched
 
 
+async def test_title(store: SessionStore) -> None:
+    created = await store.create(agent_name="a", title="Trip to Mars 🚀", metadata={"k": 1})
+    assert created.title == "Trip to Mars 🚀"
+    assert (await store.get(created.id)).title == "Trip to Mars 🚀"
+    summary = next(i for i in (await store.list()).items if i.id == created.id)
+    assert summary.title == "Trip to Mars 🚀"
+    untitled = await store.create()
+    assert untitled.title == ""
+    assert (await store.get(untitled.id)).title == ""
+
+
+async def test_update_title_alone_and_others_without_it(store: SessionStore) -> None:
+    session = await store.create(agent_name="a", title="first", metadata={"x": 1})
+    await store.append(session.id, [Message(role="user", content="kept")])
+    renamed = await store.update(session.id, title="second")
+    assert renamed.title == "second"
+    assert renamed.agent_name == "a"
+    assert renamed.metadata == {"x": 1}
+    assert _content(renamed.messages) == [("user", "kept")]
+    assert await store.get(session.id) == renamed
+    assert await _all_ids(store, limit=5, agent_name="a") == [session.id]
+    others = await store.update(session.id, agent_name="b", metadata={"y": 2})
+    assert others.title == "second"
+    assert (await store.list()).items[0].title == "second"
+    cleared = await store.update(session.id, title="")
+    assert cleared.title == ""
+    assert (await store.get(session.id)).title == ""
+    assert (await store.list()).items[0].title == ""
+
+
 async def test_delete(store: SessionStore) -> None:
     session = await store.create(agent_name="a")
     await store.append(session.id, [Message(role="user", content="bye")])
@@ -196,11 +226,13 @@ async def test_history_creates_then_reads(store: SessionStore) -> None:
     assert await store.history("turns", agent_name="assistant") == []
     created = await store.get("turns")
     assert created.agent_name == "assistant"
+    assert created.title == ""
     assert created.metadata == {}
     await store.append("turns", [Message(role="user", content="hi")])
     assert _content(await store.history("turns", agent_name="other")) == [("user", "hi")]
     assert (await store.get("turns")).agent_name == "assistant"  # not changed by later turns
     assert await _all_ids(store, limit=5, agent_name="assistant") == ["turns"]
+    assert (await store.list()).items[0].title == ""
 
 
 async def test_lock_serializes_turns(open_stores: Callable[[], SessionStore]) -> None:

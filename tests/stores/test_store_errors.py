@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 from store_helpers import RedisServer
 
 from orbiter_asgi import Agent, create_app
+from orbiter_asgi.models import Message
 from orbiter_asgi.stores import SessionStore, open_store
 from orbiter_asgi.stores import sqlite as sqlite_store
+from orbiter_asgi.stores._records import encode_message, micros
+from orbiter_asgi.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -176,7 +180,7 @@ async def test_sqlite_upgrades_an_older_file(tmp_path: Path, monkeypatch: pytest
     store = open_store(url)
     session = await store.create(session_id="kept", metadata={"a": 1})
     await store.aclose()
-    future = (*sqlite_store.MIGRATIONS, ("ALTER TABLE sessions ADD COLUMN title TEXT",))
+    future = (*sqlite_store.MIGRATIONS, ("ALTER TABLE sessions ADD COLUMN pinned INTEGER",))
     monkeypatch.setattr(sqlite_store, "MIGRATIONS", future)
     monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", len(future))
     upgraded = open_store(url)
@@ -187,7 +191,46 @@ async def test_sqlite_upgrades_an_older_file(tmp_path: Path, monkeypatch: pytest
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (len(future),)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(sessions)")]
-        assert "title" in columns
+        assert "pinned" in columns
+    conn.close()
+
+
+async def test_sqlite_upgrades_a_version_1_file_to_titles(tmp_path: Path) -> None:
+    # a file as orbiter-asgi wrote it before sessions had titles
+    path = tmp_path / "v1.db"
+    written = Message(role="user", content="from v1", created_at=datetime(2024, 5, 6, tzinfo=UTC))
+    created = micros(datetime(2024, 5, 6, tzinfo=UTC))
+    with sqlite3.connect(path) as conn:
+        for statement in sqlite_store.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {sqlite_store.APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO sessions (id, agent_name, metadata, message_count, created_at, updated_at) "
+            "VALUES ('old', 'assistant', '{\"k\": 1}', 1, ?, ?)",
+            (created, created),
+        )
+        conn.execute(
+            "INSERT INTO messages (session_id, seq, body) VALUES ('old', 0, ?)",
+            (encode_message(written).decode(),),
+        )
+    conn.close()
+    store = SQLiteStore(f"sqlite:///{path}")
+    try:
+        session = await store.get("old")
+        assert (session.agent_name, session.title, session.metadata) == ("assistant", "", {"k": 1})
+        assert session.messages == [written]
+        assert [(i.id, i.title, i.message_count) for i in (await store.list()).items] == [("old", "", 1)]
+        titled = await store.update("old", title="Named at last")
+        assert titled.title == "Named at last"
+        assert titled.messages == [written]
+        assert (await store.get("old")).title == "Named at last"
+        await store.append("old", [Message(role="assistant", content="after")])
+        assert [m.content for m in await store.messages("old")] == ["from v1", "after"]
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
     conn.close()
 
 

@@ -25,6 +25,7 @@ from orbiter_asgi.stores import SessionStore, open_store
 IDS = st.sampled_from(["a", "b", "c", "d-1", "E.2"])
 AGENTS = st.sampled_from([None, "alpha", "beta"])
 TEXT = st.text(max_size=30)
+TITLES = st.text(max_size=10)
 METADATA = st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3)
 MESSAGES = st.lists(
     st.builds(Message, role=st.sampled_from(["user", "assistant", "tool"]), content=TEXT),
@@ -33,10 +34,11 @@ MESSAGES = st.lists(
 
 
 class _Model:
-    __slots__ = ("agent_name", "messages", "metadata")
+    __slots__ = ("agent_name", "messages", "metadata", "title")
 
-    def __init__(self, agent_name: str | None, metadata: dict[str, Any]) -> None:
+    def __init__(self, agent_name: str | None, title: str, metadata: dict[str, Any]) -> None:
         self.agent_name = agent_name
+        self.title = title
         self.metadata = metadata
         self.messages: list[tuple[str, str]] = []
 
@@ -51,21 +53,26 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
         def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
             return portal.call(lambda: getattr(self.store, method)(*args, **kwargs))
 
-        @rule(session_id=IDS, agent_name=AGENTS, metadata=METADATA)
-        def create(self, session_id: str, agent_name: str | None, metadata: dict[str, Any]) -> None:
+        @rule(session_id=IDS, agent_name=AGENTS, title=TITLES, metadata=METADATA)
+        def create(
+            self, session_id: str, agent_name: str | None, title: str, metadata: dict[str, Any]
+        ) -> None:
             if session_id in self.model:
                 with pytest.raises(ConflictError):
-                    self.call("create", session_id=session_id, agent_name=agent_name)
+                    self.call("create", session_id=session_id, agent_name=agent_name, title=title)
                 return
-            session = self.call("create", session_id=session_id, agent_name=agent_name, metadata=metadata)
+            session = self.call(
+                "create", session_id=session_id, agent_name=agent_name, title=title, metadata=metadata
+            )
+            assert session.title == title
             assert session.metadata == metadata
-            self.model[session_id] = _Model(agent_name, metadata)
+            self.model[session_id] = _Model(agent_name, title, metadata)
 
         @rule(session_id=IDS, agent_name=AGENTS)
         def history(self, session_id: str, agent_name: str | None) -> None:
             history = self.call("history", session_id, agent_name=agent_name)
             if session_id not in self.model:
-                self.model[session_id] = _Model(agent_name, {})
+                self.model[session_id] = _Model(agent_name, "", {})
             assert [(m.role, m.content) for m in history] == self.model[session_id].messages
 
         @rule(session_id=IDS, messages=MESSAGES)
@@ -81,19 +88,28 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
         @rule(
             session_id=IDS,
             agent_name=AGENTS | st.just(msgspec.UNSET),
+            title=TITLES | st.just(msgspec.UNSET),
             metadata=METADATA | st.just(msgspec.UNSET),
         )
-        def update(self, session_id: str, agent_name: Any, metadata: Any) -> None:
+        def update(self, session_id: str, agent_name: Any, title: Any, metadata: Any) -> None:
+            changes = {"agent_name": agent_name, "title": title, "metadata": metadata}
             if session_id not in self.model:
                 with pytest.raises(SessionNotFound):
-                    self.call("update", session_id, agent_name=agent_name, metadata=metadata)
+                    self.call("update", session_id, **changes)
                 return
-            self.call("update", session_id, agent_name=agent_name, metadata=metadata)
+            session = self.call("update", session_id, **changes)
             record = self.model[session_id]
             if agent_name is not msgspec.UNSET:
                 record.agent_name = agent_name
+            if title is not msgspec.UNSET:
+                record.title = title
             if metadata is not msgspec.UNSET:
                 record.metadata = metadata
+            assert (session.agent_name, session.title, session.metadata) == (
+                record.agent_name,
+                record.title,
+                record.metadata,
+            )
 
         @rule(session_id=IDS)
         def delete(self, session_id: str) -> None:
@@ -107,6 +123,7 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
             session = self.call("get", session_id)
             record = self.model[session_id]
             assert session.agent_name == record.agent_name
+            assert session.title == record.title
             assert session.metadata == record.metadata
             assert [(m.role, m.content) for m in session.messages] == record.messages
 
@@ -131,6 +148,7 @@ def machine_for(portal: BlockingPortal, new_url: Callable[[], str]) -> type[Rule
             for item in items:
                 assert item.message_count == len(self.model[item.id].messages)
                 assert item.metadata == self.model[item.id].metadata
+                assert item.title == self.model[item.id].title
 
         @invariant()
         def ids_agree(self) -> None:
