@@ -100,7 +100,13 @@ class Limits:
         return session_id
 
     def check_input(self, text: str, loc: str = "body", field: str = "input") -> str:
-        """A 422 (FastAPI's `string_too_long`) when `input` (or `message`) is too long."""
+        """A 422 (FastAPI's `string_too_short` / `string_too_long`) when `input`
+        (or `message`) is empty or too long."""
+        if not text:
+            item = ValidationErrorItem(
+                loc=[loc, field], msg="String should have at least 1 character", type="string_too_short"
+            )
+            raise RequestValidationError([item])
         if len(text) > self.max_input_length:
             item = ValidationErrorItem(
                 loc=[loc, field],

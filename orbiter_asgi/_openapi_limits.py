@@ -44,7 +44,7 @@ def _session_id(limits: Limits) -> dict[str, Any]:
 
 
 def _text(limits: Limits) -> dict[str, Any]:
-    return {"type": "string", "maxLength": limits.max_input_length}
+    return {"type": "string", "minLength": 1, "maxLength": limits.max_input_length}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def document_limits(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
             {"required": ["input"], "properties": {"input": {"type": "string"}}},
             {"required": ["message"], "properties": {"message": {"type": "string"}}},
         ]
-    create = schemas.get("SessionCreate")
+    create = schemas.get("CreateSessionRequest")
     if create is not None:
         create["properties"]["id"] = _nullable(_session_id(limits))
     message = schemas.get("Message")
@@ -72,7 +72,7 @@ def document_limits(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
         message["properties"]["created_at"] = _nullable({"type": "string", "format": "date-time"})
     create_session = document.get("paths", {}).get("/sessions", {}).get("post")
     if create_session is not None and "requestBody" in create_session:
-        create_session["requestBody"]["required"] = False  # an empty body is an empty SessionCreate
+        create_session["requestBody"]["required"] = False  # an empty body is an empty CreateSessionRequest
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             if any(p["in"] == "query" for p in operation.get("parameters", ())):

@@ -107,7 +107,7 @@ Emit = Callable[[RunItem], Awaitable[None]]
 class Run:
     """A turn of `agent` on `input`, optionally within a session."""
 
-    __slots__ = ("_number", "_stopped", "_turn", "agent", "context", "input", "session_id")
+    __slots__ = ("_number", "_stopped", "_turn", "agent", "context", "input", "result", "session_id")
 
     def __init__(
         self, context: AppContext, agent: RegisteredAgent, input: str, session_id: str | None
@@ -119,6 +119,9 @@ class Run:
         self._number = next(_run_numbers)
         self._turn: Turn | None = None  # while it runs
         self._stopped = False
+        # what the turn produced, once the agent's stream is closed: also after a
+        # failure or a cancel, for a transport that ends every turn with `done`
+        self.result: DoneEvent | None = None
 
     @property
     def id(self) -> str:
@@ -192,17 +195,19 @@ class Run:
             try:
                 await stream.aclose()  # type: ignore[attr-defined]
             finally:  # even when closing the agent fails or is cancelled
-                output = transcript.flush()
+                self.result = DoneEvent(
+                    output=transcript.flush(),
+                    agent_name=agent.name,
+                    session_id=self.session_id,
+                    steps=transcript.steps,
+                    usage=transcript.usage,
+                )
                 if self.session_id is not None and transcript.messages:
                     with turn.shielded():
                         await self.context.store.append(self.session_id, transcript.messages)
-        return DoneEvent(
-            output=output,
-            agent_name=agent.name,
-            session_id=self.session_id,
-            steps=max(transcript.steps, 1),
-            usage=transcript.usage,
-        )
+        if self.result.steps == 0:  # an agent that reports no usage still took a step
+            self.result.steps = 1
+        return self.result
 
 
 def start_run(

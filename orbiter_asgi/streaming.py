@@ -2,8 +2,11 @@
 
 Both carry the events of `orbiter_asgi.models.Event`. The WebSocket keeps
 one connection for many turns: each text (or binary) frame is a
-`ChatRequest` or `{"type": "cancel"}`; every turn ends with `done` or
-`error`, and a bad frame gets an `error` event without closing the socket.
+`ChatRequest` or `{"type": "cancel"}`. Every turn ends with exactly one
+`done`: a failed or cancelled turn sends its `error` first, then `done` with
+what it produced, so a client that reads until `done` never hangs. A frame
+refused before its turn starts (bad JSON, an unknown agent, an empty input)
+gets `error` and `done` too, and the socket stays open.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from ._context import AppContext, get_context
 from ._http import Endpoint, SocketEndpoint, query_params
 from ._sse import error_event, send_event_stream
 from .exceptions import OrbiterError, RequestError
-from .models import ChatRequest, ErrorDetail, ErrorEvent, Event, TextEvent
+from .models import ChatRequest, DoneEvent, ErrorDetail, ErrorEvent, Event, TextEvent
 from .routing import Operation, Router
 from .runs import Run, RunItem, start_chat, start_run
 
-__all__ = ["stream_router"]
+__all__ = ["sse_stream", "stream_router", "ws_chat"]
 
 
 class StreamEndpoint(Endpoint):
@@ -50,6 +53,7 @@ class _Frame(msgspec.Struct):
 _frame = msgspec.json.Decoder(_Frame)
 _request = msgspec.json.Decoder(ChatRequest)
 _UNREADABLE = ErrorEvent(error="Invalid message: not UTF-8 JSON of a sane depth", code="bad_request")
+_REFUSED = DoneEvent()  # the `done` of a frame that was not even a turn
 _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"} first", code="busy")
 
 
@@ -86,15 +90,18 @@ class _Connection:
         async with anyio.create_task_group() as group, self._turns_out:
             group.start_soon(self._read_frames, group.cancel_scope)
             async for run in self._turns_out:
-                last: Event | None
+                error: ErrorEvent | None = None
                 try:
-                    last = await run.drive(self._emit)  # None only for a disconnect seen by `receive`
+                    done = await run.drive(self._emit)  # None only for a disconnect seen by `receive`
                 except Exception as exc:
-                    last = error_event(exc, run.agent.name)
+                    error = error_event(exc, run.agent.name)
+                    done = run.result or DoneEvent(agent_name=run.agent.name, session_id=run.session_id)
                 # over: a frame sent by a client that already has the end is not `busy`
                 self._running = None
-                if last is not None:
-                    await self._send_event(last)
+                if error is not None:
+                    await self._send_event(error)
+                if done is not None:
+                    await self._send_event(done)
 
     async def _send_event(self, event: Event) -> None:
         if self._open:
@@ -131,7 +138,13 @@ class _Connection:
         turns.cancel()  # a running turn ends; what it produced is stored
 
     async def _take(self, data: str | bytes) -> Run | None:
-        """The turn a frame asks for; None when the frame was answered here."""
+        """The turn a frame asks for; None when the frame was answered here.
+
+        A refused turn ends with `done` like any other, unless a turn is
+        running: its client reads until that turn's `done`, and a second one
+        would end it early.
+        """
+        request: ChatRequest | None = None
         try:
             if _frame.decode(data).type == "cancel":
                 if self._running is not None:
@@ -143,11 +156,17 @@ class _Connection:
                 return None
             return start_chat(self._context, request)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._send_event(ErrorEvent(error=f"Invalid message: {exc}", code="bad_request"))
+            error = ErrorEvent(error=f"Invalid message: {exc}", code="bad_request")
         except (UnicodeDecodeError, RecursionError):
-            await self._send_event(_UNREADABLE)
+            error = _UNREADABLE
         except OrbiterError as exc:
-            await self._send_event(ErrorEvent(error=exc.message, code=exc.code))
+            error = ErrorEvent(error=exc.message, code=exc.code)
+        await self._send_event(error)
+        if self._running is None:
+            done = _REFUSED if request is None else DoneEvent(
+                agent_name=request.agent_name or "", session_id=request.session_id
+            )
+            await self._send_event(done)
         return None
 
 
@@ -160,18 +179,22 @@ def _too_big(data: str | bytes, limit: int) -> bool:
     return False
 
 
+# the original package's handler names, also those of the routes
+sse_stream = StreamEndpoint()
+ws_chat = ChatSocket()
+
 _TAGS = ["streaming"]
 
 stream_router = Router(
     [
-        Route("/stream", StreamEndpoint(), methods=["GET"], name="stream"),
-        WebSocketRoute("/ws/chat", ChatSocket(), name="ws_chat"),
+        Route("/stream", sse_stream, methods=["GET"], name="sse_stream"),
+        WebSocketRoute("/ws/chat", ws_chat, name="ws_chat"),
     ],
     operations=[
         Operation(
             method="get", path="/stream", summary="Run an agent and stream its events (SSE)",
             query=[("input", str, True), ("agent_name", str, False), ("session_id", str, False)],
-            response=Event, responses={404: ErrorDetail, 400: ErrorDetail}, tags=_TAGS,
+            response=Event, responses={400: ErrorDetail, 404: ErrorDetail, 503: ErrorDetail}, tags=_TAGS,
             media_type="text/event-stream",
         ),
     ],

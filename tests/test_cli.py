@@ -22,7 +22,7 @@ def test_targets_by_module_and_by_file() -> None:
     by_file = build_app(f"{HERE / 'apps' / 'slow_agents.py'}:agents", "memory://")
     for app in (by_module, by_file):
         assert isinstance(app, OrbiterApp)
-        assert [entry.name for entry in app.agents.entries()] == ["assistant", "slow"]
+        assert [entry.name for entry in app.agents.entries()] == ["assistant", "slow", "broken"]
     assert load_target("tests.apps.slow_agents").__name__ == "tests.apps.slow_agents"
     with pytest.raises(SystemExit, match="no attribute"):
         load_target("tests.apps.slow_agents:missing")

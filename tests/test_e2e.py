@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -85,12 +86,27 @@ def test_websocket_turns(server: str) -> None:
     with connect(ws_url) as ws:
         for text in ("first turn", "second turn"):
             ws.send(json.dumps({"agent_name": "assistant", "input": text, "session_id": "ws"}))
-            events = []
-            while not events or events[-1]["type"] not in ("done", "error"):
-                events.append(json.loads(ws.recv(timeout=10)))
+            events = _ws_turn(ws)
             assert events[-1]["output"] == text
-        ws.send("not json")
-        assert json.loads(ws.recv(timeout=10))["code"] == "bad_request"
+        # every turn ends with one `done`, failed and refused ones too: the guide's
+        # client, which reads until `done`, never hangs
+        ws.send(json.dumps({"agent_name": "broken", "input": "hi"}))
+        failed = _ws_turn(ws)
+        assert [e["type"] for e in failed] == ["text", "error", "done"]
+        assert failed[1]["error"] == "Agent 'broken' failed: RuntimeError: model exploded"
+        assert failed[2]["output"] == "partial"
+        for refused in ("not json", {"input": ""}, {"input": "x", "agent_name": "nobody"}):
+            ws.send(refused if isinstance(refused, str) else json.dumps(refused))
+            assert [e["type"] for e in _ws_turn(ws)] == ["error", "done"]
+        ws.send(json.dumps({"message": "still open"}))  # the original package's field name
+        assert _ws_turn(ws)[-1]["output"] == "still open"
+
+
+def _ws_turn(ws: Any) -> list[dict[str, Any]]:
+    events = [json.loads(ws.recv(timeout=10))]
+    while events[-1]["type"] != "done":
+        events.append(json.loads(ws.recv(timeout=10)))
+    return events
 
 
 def test_cli_demo_prints_url_and_agents() -> None:

@@ -222,6 +222,10 @@ def test_websocket_turn_past_the_concurrency_limit_is_an_error_event() -> None:
         assert first.receive_json() == {"type": "text", "content": "start "}
         second.send_json({"input": "refused"})
         assert second.receive_json()["code"] == "overloaded"
+        assert second.receive_json() == {
+            "type": "done", "output": "", "agent_name": "", "session_id": None, "steps": 0,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        }
         client.portal.call(gate.open)  # type: ignore[union-attr]
         assert first.receive_json()["content"] == "end"
         assert first.receive_json()["type"] == "done"
@@ -304,6 +308,8 @@ def test_websocket_turn_timeout_is_an_error_event_and_the_socket_lives_on() -> N
         ws.send_json({"input": "hi", "agent_name": "gate"})
         assert ws.receive_json()["type"] == "text"
         assert ws.receive_json()["code"] == "timeout"
+        done = ws.receive_json()
+        assert done["type"] == "done" and done["agent_name"] == "gate" and done["output"]
         ws.send_json({"input": "next", "agent_name": "assistant"})
         assert ws.receive_json() == {"type": "text", "content": "next"}
 

@@ -184,12 +184,23 @@ async def test_words_that_come_apart_are_written_as_they_come() -> None:
 # --- WebSocket ---------------------------------------------------------------
 
 
+EMPTY_DONE = {
+    "type": "done",
+    "output": "",
+    "agent_name": "",
+    "session_id": None,
+    "steps": 0,
+    "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+}
+
+
 def _turn(ws: Any) -> list[dict[str, Any]]:
+    """The events of one turn: every turn, failed or refused, ends with `done`."""
     events = []
     while True:
         event = ws.receive_json()
         events.append(event)
-        if event["type"] in ("done", "error"):
+        if event["type"] == "done":
             return events
 
 
@@ -207,21 +218,27 @@ def test_websocket_many_turns_with_a_session() -> None:
     assert [m["content"] for m in history] == ["Hello!", "Hello!", "Second turn", "Second turn"]
 
 
-def test_websocket_bad_frames_get_error_events_and_socket_stays_open() -> None:
+def test_websocket_bad_frames_get_error_and_done_and_socket_stays_open() -> None:
     app = create_app(agents=[Agent("assistant")])
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
         ws.send_text("{not json")
-        assert ws.receive_json()["code"] == "bad_request"
-        ws.send_json({"input": "hi", "agent_name": "ghost"})
-        assert ws.receive_json() == {
-            "type": "error",
-            "error": "Agent 'ghost' not found",
-            "code": "agent_not_found",
-        }
+        assert [e["type"] for e in _turn(ws)] == ["error", "done"]
+        ws.send_json({"input": "hi", "agent_name": "ghost", "session_id": "s"})
+        assert _turn(ws) == [
+            {"type": "error", "error": "Agent 'ghost' not found", "code": "agent_not_found"},
+            {**EMPTY_DONE, "agent_name": "ghost", "session_id": "s"},
+        ]
         ws.send_json({"agent_name": "assistant"})
-        assert ws.receive_json()["code"] == "bad_request"
+        assert _turn(ws)[0]["code"] == "bad_request"
         ws.send_json({"input": "x", "session_id": "bad id"})
-        assert ws.receive_json()["code"] == "bad_request"
+        assert _turn(ws)[0]["code"] == "bad_request"
+        ws.send_json({"input": ""})  # refused, as it is with a 422 over HTTP
+        assert _turn(ws) == [
+            {"type": "error", "error": "body.input: String should have at least 1 character",
+             "code": "validation_error"},
+            EMPTY_DONE,
+        ]
+        assert client.get("/sessions").json() == []  # no refused turn touched the store
         ws.send_bytes(json.dumps({"input": "bytes work"}).encode())
         assert _turn(ws)[-1]["output"] == "bytes work"
 
@@ -239,12 +256,14 @@ def test_websocket_cancel_stops_the_running_turn() -> None:
         assert busy["code"] == "busy"
         ws.send_json({"type": "cancel"})
         events = _turn(ws)
-        assert events[-1] == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
+        assert events[-2] == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
+        assert events[-1]["type"] == "done"
         ws.send_json({"input": "next turn works", "agent_name": "assistant"})
         assert _turn(ws)[-1]["output"] == "next turn works"
         history = client.get("/sessions/ws-cancel/messages").json()
     assert probe.ended_by in ("CancelledError", "GeneratorExit")
     assert [m["role"] for m in history] == ["user", "assistant"]
+    assert events[-1]["output"] == history[-1]["content"]  # the partial answer, as stored
 
 
 def test_websocket_cancel_without_a_turn_is_ignored() -> None:

@@ -77,6 +77,7 @@ def test_websocket_turns_and_cancel_under_trio() -> None:
         while last["type"] == "text":
             last = ws.receive_json()
         assert last == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
+        assert ws.receive_json()["type"] == "done"
         ws.send_json({"input": "after"})
         assert ws.receive_json() == {"type": "text", "content": "after"}
     assert app.context.guard.active == 0

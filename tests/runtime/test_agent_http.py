@@ -401,6 +401,8 @@ def test_websocket_cancel_closes_the_upstream_request(kind: str) -> None:
         assert ws.receive_json() == {"type": "text", "content": "partial "}
         ws.send_json({"type": "cancel"})
         assert ws.receive_json()["code"] == "cancelled"
+        done = ws.receive_json()  # what the cancelled turn produced
+        assert done["type"] == "done" and done["output"] == "partial "
         assert fake.streams[0].closed
         ws.send_json({"input": "again"})
         assert ws.receive_json() == {"type": "text", "content": "next turn"}
