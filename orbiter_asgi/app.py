@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._codec import Decoder, encode
 from ._context import DEFAULT_SESSION_ID_PATTERN, SCOPE_KEY, AppContext, Limits, get_context
+from ._docs import DocsPage
 from ._guard import drain_on_signals
 from ._http import DEFAULT_MAX_BODY, Endpoint, SocketEndpoint, error_body, read_json, send_json
 from ._middleware import HTTPFunctionMiddleware
@@ -161,6 +162,8 @@ class OrbiterApp(MethodDecorators, Starlette):
         lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
         secured: bool = False,
         drain_on_signal: bool = True,
+        docs_url: str | None = "/docs",
+        redoc_url: str | None = "/redoc",
     ) -> None:
         self.context = context
         self.secured = secured
@@ -184,6 +187,9 @@ class OrbiterApp(MethodDecorators, Starlette):
         for router in routers:
             self.include_router(router)
         self.router.routes.append(Route("/openapi.json", _OpenAPIEndpoint(self), methods=["GET"]))
+        for url, kind in ((docs_url, "swagger"), (redoc_url, "redoc")):
+            if url is not None:
+                self.router.routes.append(Route(url, DocsPage(kind, title=title), methods=["GET"]))
 
     @property
     def agents(self) -> AgentRegistry:
@@ -342,11 +348,14 @@ def create_app(
     api_keys: Sequence[str] | None = None,
     cors_origins: Sequence[str] | None = None,
     public_paths: Sequence[str] = DEFAULT_PUBLIC_PATHS,
+    docs_url: str | None = "/docs",
+    redoc_url: str | None = "/redoc",
     drain_on_signal: bool = True,
     middleware: Sequence[Middleware] | None = None,
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
 ) -> OrbiterApp:
-    """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`, `/openapi.json`.
+    """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`,
+    `/openapi.json`, `/docs` and `/redoc`.
 
     Parameters:
         agents: the agents to serve; by default the module-level registry that
@@ -370,7 +379,10 @@ def create_app(
         api_keys: keys accepted as `Authorization: Bearer <key>` or `X-API-Key`;
             by default `$ORBITER_API_KEYS` (comma-separated); empty: no auth.
         cors_origins: origins allowed by CORS (`["*"]` for any); None: no CORS.
-        public_paths: paths served without a key (default: `/openapi.json`).
+        public_paths: paths served without a key (default: `/openapi.json`, and
+            with it the pages that show it).
+        docs_url, redoc_url: where Swagger UI and ReDoc show the OpenAPI
+            document, as in FastAPI; None turns a page off.
         drain_on_signal: drain on SIGTERM/SIGINT while the lifespan runs.
     """
     if agents is None:
@@ -396,7 +408,10 @@ def create_app(
         heartbeat_interval=heartbeat_interval,
     )
     keys = keys_from_env() if api_keys is None else list(api_keys)
-    stack = security_middleware(keys, cors_origins or (), public_paths)
+    public = list(public_paths)
+    if "/openapi.json" in public:  # the pages show nothing the document does not
+        public += [url for url in (docs_url, redoc_url) if url is not None]
+    stack = security_middleware(keys, cors_origins or (), public)
     return OrbiterApp(
         AppContext(registry, session_store, limits),
         [chat_router, agent_router, session_router, stream_router],
@@ -407,6 +422,8 @@ def create_app(
         lifespan=lifespan,
         secured=bool(keys),
         drain_on_signal=drain_on_signal,
+        docs_url=docs_url,
+        redoc_url=redoc_url,
     )
 
 

@@ -16,8 +16,8 @@ server supports the ASGI WebSocket denial-response extension, else with a
 `websocket.close` (code 1008), which servers answer with a 403.
 
 `/openapi.json` stays public: it describes the API and holds no data, and
-clients and tools are generated from it. Pass `public_paths=()` to lock it
-too. CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) never
+clients and tools are generated from it; so do `/docs` and `/redoc`, which
+only show it. Pass `public_paths=()` to lock them too. CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) never
 needs a key; browsers do not send one.
 """
 
