@@ -17,8 +17,9 @@ server supports the ASGI WebSocket denial-response extension, else with a
 
 `/openapi.json` stays public: it describes the API and holds no data, and
 clients and tools are generated from it; so do `/docs` and `/redoc`, which
-only show it. Pass `public_paths=()` to lock them too. CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) never
-needs a key; browsers do not send one.
+only show it. Pass `public_paths=()` to lock them too. CORS preflight
+(`OPTIONS` with `Access-Control-Request-Method`) never needs a key; browsers
+do not send one.
 """
 
 from __future__ import annotations

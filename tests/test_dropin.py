@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import pytest
