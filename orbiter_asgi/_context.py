@@ -7,18 +7,20 @@ the module-level context (the global agent registry and a memory store).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+from collections.abc import Coroutine
 from typing import Any
 
 from starlette.types import Scope
 
 from ._codec import RequestValidationError
-from ._guard import RunGuard
 from ._http import DEFAULT_MAX_BODY
 from .exceptions import RequestError
 from .models import ValidationErrorItem
 from .registry import AgentRegistry, registered_agents
+from .runs import RunGuard
 from .stores import MemoryStore, SessionStore
 from .stores.base import MAX_PAGE_SIZE
 
@@ -46,6 +48,7 @@ class Limits:
 
     __slots__ = (
         "_session_id",
+        "disconnect_grace",
         "grace_period",
         "heartbeat_interval",
         "max_body_size",
@@ -53,8 +56,10 @@ class Limits:
         "max_input_length",
         "max_json_depth",
         "max_page_size",
+        "max_run_journal_bytes",
         "max_session_id_length",
         "max_ws_message_size",
+        "run_retention",
         "run_timeout",
         "session_id_pattern",
     )
@@ -73,10 +78,14 @@ class Limits:
         run_timeout: float | None = 300.0,
         grace_period: float = 10.0,
         heartbeat_interval: float = 15.0,
+        disconnect_grace: float = 5.0,
+        run_retention: float = 600.0,
+        max_run_journal_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         assert max_body_size > 0 and max_ws_message_size > 0 and max_input_length > 0
         assert max_session_id_length > 0 and max_page_size > 0 and 0 < max_json_depth <= 256
-        assert grace_period >= 0
+        assert grace_period >= 0 and disconnect_grace >= 0 and run_retention >= 0
+        assert max_run_journal_bytes > 0
         self.max_body_size = max_body_size
         self.max_input_length = max_input_length
         self.max_ws_message_size = max_ws_message_size
@@ -89,6 +98,9 @@ class Limits:
         self.run_timeout = run_timeout if run_timeout and not math.isinf(run_timeout) else None
         self.grace_period = grace_period
         self.heartbeat_interval = heartbeat_interval
+        self.disconnect_grace = disconnect_grace
+        self.run_retention = run_retention
+        self.max_run_journal_bytes = max_run_journal_bytes
 
     def check_session_id(self, session_id: str) -> str:
         """A 400 unless `session_id` matches the pattern and the length limit."""
@@ -144,13 +156,21 @@ def _depth_exceeds(value: Any, budget: int) -> bool:
 
 
 class AppContext:
-    __slots__ = ("agents", "guard", "limits", "store")
+    __slots__ = ("_background", "agents", "guard", "limits", "store")
 
     def __init__(self, agents: AgentRegistry, store: SessionStore, limits: Limits) -> None:
         self.agents = agents
         self.store = store
         self.limits = limits
         self.guard = RunGuard(limits)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` (a background run) in a task of its own; the guard's
+        drain ends it with the others at shutdown."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 default_context = AppContext(registered_agents, MemoryStore(), Limits())

@@ -27,6 +27,7 @@ __all__ = [
     "query_params",
     "read_body",
     "read_json",
+    "read_json_body",
     "send_json",
 ]
 
@@ -96,6 +97,13 @@ class UnsupportedMediaType(RequestError):
 async def read_json(
     scope: Scope, receive: Receive, decoder: Decoder[Any], max_size: int = DEFAULT_MAX_BODY
 ) -> Any:
+    return (await read_json_body(scope, receive, decoder, max_size))[0]
+
+
+async def read_json_body(
+    scope: Scope, receive: Receive, decoder: Decoder[Any], max_size: int = DEFAULT_MAX_BODY
+) -> tuple[Any, bytes]:
+    """The decoded body and its bytes (for a request's fingerprint)."""
     content_type = length = None
     for key, value in scope["headers"]:  # one pass for both; the first of each counts
         if key == b"content-type":
@@ -108,7 +116,7 @@ async def read_json(
     body = await read_body(scope, receive, max_size, length)
     if not body:
         raise RequestError("Request body is empty; expected a JSON object")
-    return decoder.decode(body)
+    return decoder.decode(body), body
 
 
 async def send_json(

@@ -57,11 +57,11 @@ def openapi_document(
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _PATH_PARAM.findall(op.path)
         ]
-        for name, kind, required in op.query:
-            parameters.append(
-                {"name": name, "in": "query", "required": required,
-                 "schema": msgspec.json.schema(kind)}
-            )
+        for where, declared in (("query", op.query), ("header", op.headers)):
+            for name, kind, required in declared:
+                parameters.append(
+                    {"name": name, "in": where, "required": required, "schema": msgspec.json.schema(kind)}
+                )
         description = "Successful Response" if op.status != 204 else "No Content"
         success: dict[str, Any] = {"description": description}
         if op.status != 204:
@@ -72,7 +72,7 @@ def openapi_document(
         responses: dict[str, Any] = {str(op.status): success}
         for status, error_type in op.responses.items():
             responses[str(status)] = {
-                "description": "Error",
+                "description": "Error" if status >= 400 else "Accepted",
                 "content": _content(schema_of[error_type], "application/json"),
             }
         operation: dict[str, Any] = {

@@ -93,6 +93,8 @@ def document_limits(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
                     }
                 elif where == "query" and name == "limit":
                     parameter["schema"].update(minimum=1, maximum=limits.max_page_size)
+                elif where == "query" and name == "after":
+                    parameter["schema"].update(minimum=0)
                 elif where == "query" and name == "input":
                     parameter["schema"] = _text(limits)
     return document

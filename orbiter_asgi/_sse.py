@@ -13,19 +13,30 @@ the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Send
 
 from ._codec import encode
-from .exceptions import OrbiterError
-from .models import ErrorEvent, Event, TextEvent
+from .exceptions import NotFoundError
+from .models import Event, TextEvent
 
 if TYPE_CHECKING:
     from .runs import Run, RunItem
+    from .stores.journal import RunJournal
 
-__all__ = ["SSE_HEADERS", "error_event", "frame", "send_event_stream", "text_frames"]
+__all__ = [
+    "SSE_HEADERS",
+    "done_frame",
+    "frame",
+    "resume_point",
+    "send_event_stream",
+    "send_journal_stream",
+    "text_frames",
+]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -33,7 +44,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 HEARTBEAT = b": ping\n\n"
-DONE = b"data: [DONE]\n\n"
 
 def _escape_separators(chunk: bytes) -> bytes:
     # msgspec escapes CR and LF inside strings, so one `data:` line is always
@@ -51,48 +61,51 @@ def _escape_separators(chunk: bytes) -> bytes:
     return chunk
 
 
-def frame(event_id: int, event: Event) -> bytes:
-    """One event as an SSE frame: `id: N` and one `data:` line."""
-    return _escape_separators(b"id: %d\ndata: %b\n\n" % (event_id, encode(event)))
+def frame(head: bytes, seq: int, event: Event) -> bytes:
+    """One event as an SSE frame: `id: <run_id>:<seq>` and one `data:` line.
+
+    `head` is the run's `id: <run_id>:`, made once per stream.
+    """
+    return _escape_separators(b"%b%d\ndata: %b\n\n" % (head, seq, encode(event)))
 
 
-def text_frames(first_id: int, texts: Sequence[str]) -> bytes:
-    """Text deltas that were ready together, as `text` events numbered from `first_id`, in one chunk.
+def done_frame(head: bytes, seq: int) -> bytes:
+    """The end of a stream: `[DONE]`, with the next id, so the last id a client
+    saw tells whether it saw the end."""
+    return b"%b%d\ndata: [DONE]\n\n" % (head, seq)
+
+
+def text_frames(head: bytes, first_seq: int, texts: Sequence[str]) -> bytes:
+    """Text deltas that were ready together, as `text` events numbered from `first_seq`, in one chunk.
 
     The texts are encoded in one call, as a JSON list of strings, cut apart
-    at `","` and spliced with cached `id:` prefixes by slice assignment, all
-    in C, instead of being formatted one by one in Python. That cut is exact
-    when no quote is escaped (the only quotes are then the strings' own);
-    texts with quotes in them go the slow way.
+    at `","` and spliced with the run's `id:` head and cached number-and-data
+    prefixes by slice assignment, all in C, instead of being formatted one by
+    one in Python. That cut is exact when no quote is escaped (the only
+    quotes are then the strings' own); texts with quotes in them go the slow way.
     """
     encoded = encode(texts)
     if b"\\" in encoded and b'\\"' in encoded:  # one byte is found ~5x faster than two
-        return b"".join([frame(n, TextEvent(text)) for n, text in enumerate(texts, first_id)])
+        return b"".join([frame(head, n, TextEvent(text)) for n, text in enumerate(texts, first_seq)])
     strings = encoded[2:-2].split(b'","')
-    parts = [_TEXT_END] * (3 * len(strings))
-    parts[0::3] = _text_prefixes(first_id, len(strings))
-    parts[1::3] = strings
+    parts = [head, head, head, _TEXT_END] * len(strings)
+    parts[1::4] = _text_prefixes(first_seq, len(strings))
+    parts[2::4] = strings
     return _escape_separators(b"".join(parts))
 
 
 _TEXT_END = b'"}\n\n'
-_TEXT_PREFIXES: list[bytes] = []  # [n]: the start of text frame `n`, made as ids are reached
-_MAX_CACHED_ID = 1 << 16  # ~3 MiB of prefixes at most; longer streams format the rest
+_TEXT_PREFIXES: list[bytes] = []  # [n]: text frame `n` after its run's id head, made as seqs are reached
+_MAX_CACHED_ID = 1 << 16  # ~2 MiB of prefixes at most; longer streams format the rest
 
 
-def _text_prefixes(first_id: int, count: int) -> list[bytes]:
-    end = first_id + count
+def _text_prefixes(first_seq: int, count: int) -> list[bytes]:
+    end = first_seq + count
     if end > _MAX_CACHED_ID:
-        return [b'id: %d\ndata: {"type":"text","content":"' % n for n in range(first_id, end)]
+        return [b'%d\ndata: {"type":"text","content":"' % n for n in range(first_seq, end)]
     while len(_TEXT_PREFIXES) < end:
-        _TEXT_PREFIXES.append(b'id: %d\ndata: {"type":"text","content":"' % len(_TEXT_PREFIXES))
-    return _TEXT_PREFIXES[first_id:end]
-
-
-def error_event(exc: BaseException, agent_name: str) -> ErrorEvent:
-    if isinstance(exc, OrbiterError):
-        return ErrorEvent(error=exc.message, code=exc.code)
-    return ErrorEvent(error=f"Agent {agent_name!r} failed: {type(exc).__name__}", code="agent_error")
+        _TEXT_PREFIXES.append(b'%d\ndata: {"type":"text","content":"' % len(_TEXT_PREFIXES))
+    return _TEXT_PREFIXES[first_seq:end]
 
 
 class _Writer:
@@ -213,37 +226,95 @@ async def send_event_stream(
     *,
     heartbeat: float | None = 15.0,
 ) -> None:
-    """Respond with the events of `run` as SSE, ending with `done` (or `error`) and `[DONE]`.
+    """Respond with the events of `run` as SSE: `start`, ..., `done` (or `error`), `[DONE]`.
 
-    The run is driven here, in the request's task, so a client that leaves
-    ends the run (and the model request behind it) now.
+    The run is driven here, in the request's task. A client that leaves
+    detaches the run, which goes on for its disconnect grace (or to its end,
+    in the background) for a client that resumes it.
     """
+    run_id = run.id.encode()
     # a fresh list: middleware may add to the headers in place
-    await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
-    writer = _Writer(send, heartbeat if heartbeat and heartbeat != float("inf") else None)
-    event_id = 0
+    headers = [*SSE_HEADERS, (b"x-run-id", run_id)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    writer = _Writer(send, _interval(heartbeat))
+    gone = False
 
-    async def emit(item: RunItem) -> None:
-        nonlocal event_id
-        if type(item) is list:  # text deltas ready together: one write
-            chunk = text_frames(event_id + 1, item)
-            event_id += len(item)
-        else:
-            event_id += 1
-            chunk = frame(event_id, item)  # type: ignore[arg-type]
-        await writer.push(chunk)
+    async def emit(item: RunItem, chunk: bytes) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            await writer.push(chunk)
+        except OSError:  # from `send`: the client left
+            gone = True
+            run.detach()
 
     try:
-        last: Event | None
-        try:
-            last = await run.drive(emit, receive)
-        except OSError:
-            raise  # from `send`: the client left
-        except Exception as exc:
-            last = error_event(exc, run.agent.name)
-        if last is not None:  # `done` or an error goes out with [DONE], unless the client left
-            await writer.finish(frame(event_id + 1, last) + DONE)
+        with contextlib.suppress(Exception):  # the run's last frames tell its failure
+            await run.drive(emit, receive)
+        if not gone and run.detached_at is None and run.final:
+            await writer.finish(run.final)
     except OSError:
         pass  # the client went away mid-send; the run has ended
     finally:
         writer.close()
+
+
+def resume_point(value: bytes | str | None) -> tuple[str, int] | None:
+    """The `(run_id, seq)` of a `Last-Event-ID: <run_id>:<seq>`; None for any other value
+    (an id of some other stream starts a new run, as it always did)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    run_id, colon, seq = text.strip().rpartition(":")
+    if not colon or not run_id or not seq.isascii() or not seq.isdigit() or len(seq) > 18:
+        return None
+    return run_id, int(seq)
+
+
+def _interval(heartbeat: float | None) -> float | None:
+    return heartbeat if heartbeat and heartbeat != float("inf") else None
+
+
+async def send_journal_stream(
+    send: Send, journal: RunJournal, run_id: str, after: int, *, heartbeat: float | None = 15.0
+) -> None:
+    """Respond with the frames of a run after frame `after`, from its journal,
+    then live ones until `[DONE]`: what a direct client of the run would
+    have had from there, byte for byte. A 204 when there is nothing after
+    `after` (the client saw the end); 404 or 410 before anything is sent."""
+    piece = await journal.read(run_id, after, wait=0)
+    if piece is None:
+        raise NotFoundError(f"Run {run_id!r} not found; it may have expired")
+    if piece.ended and not piece.frames:
+        headers = [(b"x-run-id", run_id.encode())]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [*SSE_HEADERS, (b"x-run-id", run_id.encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    wait = _interval(heartbeat) or 15.0
+    touched = 0.0
+    fresh = True
+    try:
+        while True:
+            now = time.monotonic()
+            if now - touched >= 1.0:  # a follower keeps a detached run alive
+                await journal.touch(run_id)
+                touched = now
+            if piece.ended:
+                await send({"type": "http.response.body", "body": b"".join(piece.frames)})
+                return
+            if piece.frames:
+                await send({"type": "http.response.body", "body": b"".join(piece.frames), "more_body": True})
+            elif not fresh:  # a wait ran out: keep the connection alive
+                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+            fresh = False
+            after = piece.first + len(piece.frames) - 1
+            next_piece = await journal.read(run_id, after, wait=wait)
+            if next_piece is None:  # expired while followed
+                await send({"type": "http.response.body", "body": b""})
+                return
+            piece = next_piece
+    except OSError:
+        pass  # the client went away; the run goes on

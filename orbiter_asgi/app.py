@@ -10,6 +10,8 @@ app = create_app()          # a Starlette app; also has FastAPI-style decorators
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -26,21 +28,35 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._codec import Decoder, encode
 from ._context import DEFAULT_SESSION_ID_PATTERN, SCOPE_KEY, AppContext, Limits, get_context
 from ._docs import DocsPage
-from ._guard import drain_on_signals
-from ._http import DEFAULT_MAX_BODY, Endpoint, SocketEndpoint, error_body, read_json, send_json
+from ._http import (
+    DEFAULT_MAX_BODY,
+    Endpoint,
+    SocketEndpoint,
+    error_body,
+    header,
+    read_json_body,
+    send_json,
+)
 from ._middleware import HTTPFunctionMiddleware
 from ._openapi import openapi_document
 from ._openapi_limits import document_limits
-from ._sse import send_event_stream
+from ._sse import resume_point, send_event_stream, send_journal_stream
 from ._version import __version__
 from .agents import agent_router
 from .exceptions import OrbiterError
-from .models import ChatRequest, ChatResponse, ErrorDetail
+from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail, RunAccepted
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
 from .routing import MethodDecorators, Operation, Router
-from .runs import start_chat
-from .security import DEFAULT_PUBLIC_PATHS, keys_from_env, secure_openapi, security_middleware
+from .run_routes import run_router
+from .runs import Run, RunItem, drain_on_signals, run_failure, start_chat, wait_for_end
+from .security import (
+    DEFAULT_PUBLIC_PATHS,
+    idempotency_scope,
+    keys_from_env,
+    secure_openapi,
+    security_middleware,
+)
 from .sessions import session_router
 from .stores import SessionStore, open_store
 from .stores.base import MAX_PAGE_SIZE
@@ -62,26 +78,90 @@ _chat: Decoder[ChatRequest] = Decoder(ChatRequest)
 
 
 class ChatEndpoint(Endpoint):
-    """`POST /chat`: a `ChatResponse`, or SSE events when `stream` is true."""
+    """`POST /chat`: a `ChatResponse`, or SSE events when `stream` is true.
+
+    With `Last-Event-ID: <run_id>:<n>` it resumes that run instead of
+    starting one; with an `Idempotency-Key` seen before, it attaches to the
+    run that key started; with `background`, a JSON request is answered 202
+    at once and the run goes on by itself.
+    """
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = get_context(scope)
-        request: ChatRequest = await read_json(scope, receive, _chat, context.limits.max_body_size)
-        run = start_chat(context, request)
-        if request.stream:
-            await send_event_stream(send, run, receive, heartbeat=context.limits.heartbeat_interval)
+        heartbeat = context.limits.heartbeat_interval
+        request: ChatRequest
+        request, body = await read_json_body(scope, receive, _chat, context.limits.max_body_size)
+        resume = resume_point(header(scope, b"last-event-id"))
+        if resume is not None:
+            await _answer_run(send, context, *resume, stream=request.stream, heartbeat=heartbeat)
             return
-        done = await run.drive(receive=receive)
-        if done is None:
-            return  # the client went away; nobody is left to answer
-        response = ChatResponse(
-            output=done.output,
-            agent_name=done.agent_name,
-            session_id=done.session_id,
-            steps=done.steps,
-            usage=done.usage,
+        run = start_chat(context, request)
+        key = header(scope, b"idempotency-key")
+        info = await run.open(
+            idempotency_key=idempotency_scope(scope, key) if key else None,
+            fingerprint=hashlib.sha256(body).hexdigest() if key else "",
         )
-        await send_json(send, encode(response))
+        if info.id != run.id:  # a repeat of an earlier request: its run answers
+            await _answer_run(send, context, info.id, 0, stream=request.stream, heartbeat=heartbeat)
+            return
+        if request.stream:
+            await send_event_stream(send, run, receive, heartbeat=heartbeat)
+        elif request.background:
+            context.spawn(_in_background(run))
+            location = scope.get("root_path", "") + f"/runs/{run.id}"
+            headers = [(b"location", location.encode()), (b"x-run-id", run.id.encode())]
+            await send_json(send, encode(RunAccepted(run_id=run.id)), 202, headers)
+        else:
+            done = await run.drive(receive=receive)
+            if done is not None:  # else the client went away; nobody is left to answer
+                await _send_chat_response(send, done)
+
+
+async def _in_background(run: Run) -> None:
+    # emitting to no one still journals every event, for clients that follow the run
+    with contextlib.suppress(Exception):  # how it failed is in its journal
+        await run.drive(_nobody)
+
+
+async def _nobody(item: RunItem, chunk: bytes) -> None:
+    pass
+
+
+async def _send_chat_response(send: Send, done: DoneEvent) -> None:
+    response = ChatResponse(
+        output=done.output,
+        agent_name=done.agent_name,
+        session_id=done.session_id,
+        steps=done.steps,
+        usage=done.usage,
+        run_id=done.run_id,
+    )
+    assert done.run_id is not None
+    with contextlib.suppress(OSError):  # a client gone during the run's grace
+        await send_json(send, encode(response), headers=[(b"x-run-id", done.run_id.encode())])
+
+
+async def _answer_run(
+    send: Send, context: AppContext, run_id: str, after: int, *, stream: bool, heartbeat: float
+) -> None:
+    """Serve a run that already exists: its frames after `after`, or (for a
+    JSON request) its answer, once it has ended."""
+    journal = context.store.runs
+    if stream:
+        await send_journal_stream(send, journal, run_id, after, heartbeat=heartbeat)
+        return
+    info = await wait_for_end(journal, run_id)
+    if info.status != "completed":
+        raise run_failure(info)
+    done = DoneEvent(
+        run_id=info.id,
+        output=info.output,
+        agent_name=info.agent_name,
+        session_id=info.session_id,
+        steps=info.steps,
+        usage=info.usage,
+    )
+    await _send_chat_response(send, done)
 
 
 chat_router = Router(
@@ -93,7 +173,15 @@ chat_router = Router(
             summary="Run an agent: JSON, or SSE events when stream is true",
             request=ChatRequest,
             response=ChatResponse,
-            responses={400: ErrorDetail, 404: ErrorDetail, 502: ErrorDetail, 503: ErrorDetail},
+            responses={
+                202: RunAccepted,
+                400: ErrorDetail,
+                404: ErrorDetail,
+                410: ErrorDetail,
+                502: ErrorDetail,
+                503: ErrorDetail,
+            },
+            headers=[("Last-Event-ID", str, False), ("Idempotency-Key", str, False)],
             tags=["chat"],
             events=True,
         ),
@@ -345,6 +433,9 @@ def create_app(
     run_timeout: float | None = 300.0,
     grace_period: float = 10.0,
     heartbeat_interval: float = 15.0,
+    disconnect_grace: float = 5.0,
+    run_retention: float = 600.0,
+    max_run_journal_bytes: int = 8 * 1024 * 1024,
     api_keys: Sequence[str] | None = None,
     cors_origins: Sequence[str] | None = None,
     public_paths: Sequence[str] = DEFAULT_PUBLIC_PATHS,
@@ -355,7 +446,7 @@ def create_app(
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
 ) -> OrbiterApp:
     """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`,
-    `/openapi.json`, `/docs` and `/redoc`.
+    `/runs`, `/openapi.json`, `/docs` and `/redoc`.
 
     Parameters:
         agents: the agents to serve; by default the module-level registry that
@@ -376,6 +467,12 @@ def create_app(
         grace_period: seconds running turns get to finish after SIGTERM (or
             `app.drain()`) before they end with an `error` event of code `shutdown`.
         heartbeat_interval: seconds of silence before an SSE comment heartbeat.
+        disconnect_grace: seconds a run whose client left goes on, for a client
+            that resumes it (`Last-Event-ID`, `/runs/{id}/events`); then it is
+            cancelled. Background runs are never cancelled so.
+        run_retention: seconds a run and its journal are kept after it ends.
+        max_run_journal_bytes: the most of a run's events its journal keeps;
+            older ones are dropped first (resuming from them is a 410).
         api_keys: keys accepted as `Authorization: Bearer <key>` or `X-API-Key`;
             by default `$ORBITER_API_KEYS` (comma-separated); empty: no auth.
         cors_origins: origins allowed by CORS (`["*"]` for any); None: no CORS.
@@ -406,6 +503,9 @@ def create_app(
         run_timeout=run_timeout,
         grace_period=grace_period,
         heartbeat_interval=heartbeat_interval,
+        disconnect_grace=disconnect_grace,
+        run_retention=run_retention,
+        max_run_journal_bytes=max_run_journal_bytes,
     )
     keys = keys_from_env() if api_keys is None else list(api_keys)
     public = list(public_paths)
@@ -414,7 +514,7 @@ def create_app(
     stack = security_middleware(keys, cors_origins or (), public)
     return OrbiterApp(
         AppContext(registry, session_store, limits),
-        [chat_router, agent_router, session_router, stream_router],
+        [chat_router, agent_router, session_router, stream_router, run_router],
         title=title,
         version=version,
         debug=debug,

@@ -34,9 +34,14 @@ __all__ = [
     "Message",
     "Model",
     "Role",
+    "RunAccepted",
+    "RunError",
+    "RunInfo",
+    "RunStatus",
     "Session",
     "SessionMessage",
     "SessionSummary",
+    "StartEvent",
     "TextEvent",
     "ToolCall",
     "ToolCallEvent",
@@ -81,6 +86,7 @@ class ChatRequest(Model, kw_only=True, omit_defaults=True, gc=False):
     agent_name: str | None = None
     session_id: str | None = None
     stream: bool = False
+    background: bool = False
     message: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +104,7 @@ class ChatResponse(Model, kw_only=True, gc=False):
     session_id: str | None = None
     steps: int = 0
     usage: Usage = msgspec.field(default_factory=Usage)
+    run_id: str | None = None
 
 
 class ToolCall(Model, kw_only=True):
@@ -232,6 +239,38 @@ class WorkspaceFileContent(Model, kw_only=True):
     version_count: int = 1
 
 
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+class RunError(Model, kw_only=True, gc=False):
+    """Why a run failed: the `code` and `error` of its `error` event."""
+
+    code: str
+    message: str
+
+
+class RunInfo(Model, kw_only=True):
+    """`GET /runs/{run_id}`: a run, running or ended, as its journal keeps it."""
+
+    id: str
+    agent_name: str
+    session_id: str | None = None
+    status: RunStatus = "running"
+    created_at: datetime = msgspec.field(default_factory=_utcnow)
+    ended_at: datetime | None = None
+    output: str = ""
+    steps: int = 0
+    usage: Usage = msgspec.field(default_factory=Usage)
+    error: RunError | None = None
+
+
+class RunAccepted(Model, kw_only=True, gc=False):
+    """The 202 answer to a background `POST /chat`."""
+
+    run_id: str
+    status: RunStatus = "running"
+
+
 class ErrorDetail(Model, gc=False):
     """`{"detail": "..."}`, the FastAPI error body."""
 
@@ -252,6 +291,14 @@ class ValidationErrorResponse(Model):
 
 # --- stream events ---------------------------------------------------------
 # One vocabulary for SSE, WebSocket and the Python API, tagged by `type`.
+
+
+class StartEvent(Model, tag="start", tag_field="type", kw_only=True, gc=False):
+    """The first event of every streamed run: the client knows the run before it ends."""
+
+    run_id: str
+    agent_name: str
+    session_id: str | None = None
 
 
 class TextEvent(Model, tag="text", tag_field="type", gc=False):
@@ -279,8 +326,10 @@ class ToolResultEvent(Model, tag="tool_result", tag_field="type", kw_only=True, 
 
 class DoneEvent(Model, tag="done", tag_field="type", kw_only=True, gc=False):
     """The run ended; mirrors `ChatResponse`. A failed or cancelled turn has
-    one too, after its `error`, with what it produced."""
+    one too, after its `error`, with what it produced. `run_id` is None only
+    for a WebSocket frame refused before it became a run."""
 
+    run_id: str | None = None
     output: str = ""
     agent_name: str = ""
     session_id: str | None = None
@@ -291,8 +340,9 @@ class DoneEvent(Model, tag="done", tag_field="type", kw_only=True, gc=False):
 class ErrorEvent(Model, tag="error", tag_field="type", kw_only=True, gc=False):
     """The run failed or was refused; `code` is machine-readable."""
 
+    run_id: str | None = None
     error: str
     code: str
 
 
-Event = TextEvent | ToolCallEvent | ToolResultEvent | DoneEvent | ErrorEvent
+Event = StartEvent | TextEvent | ToolCallEvent | ToolResultEvent | DoneEvent | ErrorEvent

@@ -48,6 +48,7 @@ class Operation(msgspec.Struct, kw_only=True):
     response: Any = None
     status: int = 200
     query: list[tuple[str, Any, bool]] = msgspec.field(default_factory=list)
+    headers: list[tuple[str, Any, bool]] = msgspec.field(default_factory=list)
     responses: dict[int, Any] = msgspec.field(default_factory=dict)
     tags: list[str] = msgspec.field(default_factory=list)
     media_type: str = "application/json"

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_PUBLIC_PATHS",
     "APIKeyMiddleware",
     "cors_middleware",
+    "idempotency_scope",
     "keys_from_env",
     "secure_openapi",
     "security_middleware",
@@ -56,6 +57,27 @@ _INVALID = encode(ErrorDetail("Invalid API key"))
 _REF = "#/components/schemas/{name}"
 _CHALLENGE = b'Bearer realm="orbiter"'
 _CHALLENGE_INVALID = b'Bearer realm="orbiter", error="invalid_token"'
+
+
+def idempotency_scope(scope: Scope, key: bytes) -> str:
+    """An `Idempotency-Key` as stored: scoped to the API key that sent it, if
+    any, so one client's keys never attach to another's runs."""
+    presented = _presented_key(scope)
+    owner = hashlib.sha256(presented).hexdigest()[:32] if presented else "-"
+    return f"{owner}:{key.decode('latin-1')}"
+
+
+def _presented_key(scope: Scope) -> bytes | None:
+    bearer: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                bearer = credentials.strip()
+        elif name == b"x-api-key":
+            api_key = value.strip()
+    return bearer if bearer is not None else api_key
 
 
 def keys_from_env(environ: Any = None) -> list[str]:
@@ -86,18 +108,6 @@ class APIKeyMiddleware:
         assert self._digests, "APIKeyMiddleware needs at least one key"
         self.public_paths = frozenset(public_paths)
 
-    def _presented(self, scope: Scope) -> bytes | None:
-        bearer: bytes | None = None
-        api_key: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    bearer = credentials.strip()
-            elif name == b"x-api-key":
-                api_key = value.strip()
-        return bearer if bearer is not None else api_key
-
     def _valid(self, presented: bytes) -> bool:
         digest = _digest(presented)
         valid = False
@@ -113,7 +123,7 @@ class APIKeyMiddleware:
         if kind == "http" and scope["method"] == "OPTIONS" and _is_preflight(scope):
             await self.app(scope, receive, send)
             return
-        presented = self._presented(scope)
+        presented = _presented_key(scope)
         if presented is not None and self._valid(presented):
             await self.app(scope, receive, send)
             return

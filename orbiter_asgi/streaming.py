@@ -18,24 +18,34 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._codec import encode
 from ._context import AppContext, get_context
-from ._http import Endpoint, SocketEndpoint, query_params
-from ._sse import error_event, send_event_stream
+from ._http import Endpoint, SocketEndpoint, header, query_params
+from ._sse import resume_point, send_event_stream, send_journal_stream
 from .exceptions import OrbiterError, RequestError
 from .models import ChatRequest, DoneEvent, ErrorDetail, ErrorEvent, Event, TextEvent
 from .routing import Operation, Router
-from .runs import Run, RunItem, start_chat, start_run
+from .runs import Run, RunItem, run_not_found, start_chat, start_run
 
 __all__ = ["sse_stream", "stream_router", "ws_chat"]
 
 
 class StreamEndpoint(Endpoint):
-    """`GET /stream?agent_name=&input=&session_id=`."""
+    """`GET /stream?agent_name=&input=&session_id=`.
+
+    A browser `EventSource` reconnects with `Last-Event-ID: <run_id>:<n>`:
+    that resumes the run, from the journal, instead of starting another.
+    """
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = get_context(scope)
+        resume = resume_point(header(scope, b"last-event-id"))
+        if resume is not None:
+            await send_journal_stream(
+                send, context.store.runs, *resume, heartbeat=context.limits.heartbeat_interval
+            )
+            return
         query = query_params(scope)
         if "input" not in query and "message" not in query:
             raise RequestError("Query parameter 'input' is required")
-        context = get_context(scope)
         run = start_run(
             context,
             query.get("agent_name") or None,
@@ -50,8 +60,16 @@ class _Frame(msgspec.Struct):
     type: str | None = None
 
 
+class _Resume(msgspec.Struct):
+    """`{"type": "resume", "run_id": ..., "after": n}`: follow a run from its journal."""
+
+    run_id: str
+    after: int = 0
+
+
 _frame = msgspec.json.Decoder(_Frame)
 _request = msgspec.json.Decoder(ChatRequest)
+_resume = msgspec.json.Decoder(_Resume)
 _UNREADABLE = ErrorEvent(error="Invalid message: not UTF-8 JSON of a sane depth", code="bad_request")
 _REFUSED = DoneEvent()  # the `done` of a frame that was not even a turn
 _BUSY = ErrorEvent(error="A turn is already running; send {\"type\": \"cancel\"} first", code="busy")
@@ -72,8 +90,11 @@ class _Connection:
 
     A reader task takes every frame meanwhile, so a `cancel` stops the
     running turn, a chat frame sent during a turn is answered `busy`, and a
-    disconnect ends it all. The reader hands each turn over on a one-slot
-    channel: a turn costs no task, nor cancel scope, of its own.
+    disconnect detaches the running turn (it goes on for the app's
+    disconnect grace, for a client that resumes it elsewhere). The reader
+    hands each turn over on a one-slot channel: a turn costs no task, nor
+    cancel scope, of its own. A `resume` frame is a turn too: following a
+    run from the journal.
     """
 
     __slots__ = ("_context", "_open", "_receive", "_running", "_send", "_turns_in", "_turns_out")
@@ -83,31 +104,76 @@ class _Connection:
         self._receive = receive
         self._send = send
         self._open = True  # until the client leaves or is sent a close
-        self._running: Run | None = None  # handed over, and not ended yet
-        self._turns_in, self._turns_out = anyio.create_memory_object_stream[Run](1)
+        self._running: Run | _Resume | None = None  # handed over, and not ended yet
+        self._turns_in, self._turns_out = anyio.create_memory_object_stream[Run | _Resume](1)
 
     async def serve(self) -> None:
         async with anyio.create_task_group() as group, self._turns_out:
-            group.start_soon(self._read_frames, group.cancel_scope)
-            async for run in self._turns_out:
-                error: ErrorEvent | None = None
-                try:
-                    done = await run.drive(self._emit)  # None only for a disconnect seen by `receive`
-                except Exception as exc:
-                    error = error_event(exc, run.agent.name)
-                    done = run.result or DoneEvent(agent_name=run.agent.name, session_id=run.session_id)
-                # over: a frame sent by a client that already has the end is not `busy`
-                self._running = None
-                if error is not None:
-                    await self._send_event(error)
-                if done is not None:
-                    await self._send_event(done)
+            group.start_soon(self._read_frames)  # it ends the loop when the client leaves
+            async for turn in self._turns_out:
+                if isinstance(turn, _Resume):
+                    await self._follow(turn)
+                    self._running = None
+                else:
+                    await self._turn(turn)
+
+    async def _turn(self, run: Run) -> None:
+        error: ErrorEvent | None = None
+        try:
+            done = await run.drive(self._emit)  # None once the client left and its grace ran out
+        except Exception as exc:
+            error = run.error_event(exc)
+            done = run.result or DoneEvent(
+                run_id=run.id, agent_name=run.agent.name, session_id=run.session_id
+            )
+        # over: a frame sent by a client that already has the end is not `busy`
+        self._running = None
+        if error is not None:
+            await self._send_event(error)
+        if done is not None:
+            await self._send_event(done)
+
+    async def _follow(self, resume: _Resume) -> None:
+        """The events of a run after `resume.after`, from its journal, then
+        live ones; a failed run's `error` is followed by its `done`."""
+        journal = self._context.store.runs
+        after = resume.after
+        last: bytes = b""
+        try:
+            while self._open:
+                piece = await journal.read(resume.run_id, after, wait=self._context.limits.heartbeat_interval)
+                if piece is None:
+                    raise run_not_found(resume.run_id)
+                await journal.touch(resume.run_id)
+                for frame in piece.frames:
+                    payload = frame.partition(b"\ndata: ")[2][:-2]
+                    if payload != b"[DONE]" and self._open:
+                        last = payload
+                        await self._send({"type": "websocket.send", "text": payload.decode()})
+                after = piece.first + len(piece.frames) - 1
+                if piece.ended:
+                    break
+        except OrbiterError as exc:
+            await self._send_event(ErrorEvent(run_id=resume.run_id, error=exc.message, code=exc.code))
+            await self._send_event(DoneEvent(run_id=resume.run_id))
+            return
+        info = await journal.get(resume.run_id)
+        if info is not None and not last.startswith(b'{"type":"done"'):
+            done = DoneEvent(
+                run_id=info.id,
+                output=info.output,
+                agent_name=info.agent_name,
+                session_id=info.session_id,
+                steps=info.steps,
+                usage=info.usage,
+            )
+            await self._send_event(done)
 
     async def _send_event(self, event: Event) -> None:
         if self._open:
             await self._send({"type": "websocket.send", "text": encode(event).decode()})
 
-    async def _emit(self, item: RunItem) -> None:
+    async def _emit(self, item: RunItem, chunk: bytes) -> None:
         if type(item) is not list:
             await self._send_event(item)  # type: ignore[arg-type]
             return
@@ -117,7 +183,7 @@ class _Connection:
                 return
             await send({"type": "websocket.send", "text": encode(TextEvent(text)).decode()})
 
-    async def _read_frames(self, turns: anyio.CancelScope) -> None:
+    async def _read_frames(self) -> None:
         with self._turns_in:
             while True:
                 message: Message = await self._receive()
@@ -135,9 +201,10 @@ class _Connection:
                     self._running = run
                     self._turns_in.send_nowait(run)  # the last turn was taken: room for this one
         self._open = False
-        turns.cancel()  # a running turn ends; what it produced is stored
+        if isinstance(self._running, Run):
+            self._running.detach()  # it ends after its grace, unless resumed elsewhere
 
-    async def _take(self, data: str | bytes) -> Run | None:
+    async def _take(self, data: str | bytes) -> Run | _Resume | None:
         """The turn a frame asks for; None when the frame was answered here.
 
         A refused turn ends with `done` like any other, unless a turn is
@@ -146,10 +213,18 @@ class _Connection:
         """
         request: ChatRequest | None = None
         try:
-            if _frame.decode(data).type == "cancel":
-                if self._running is not None:
+            kind = _frame.decode(data).type
+            if kind == "cancel":
+                if isinstance(self._running, Run):
                     self._running.cancel()
+                elif self._running is not None:
+                    await self._context.store.runs.cancel(self._running.run_id)
                 return None
+            if kind == "resume":
+                if self._running is not None:
+                    await self._send_event(_BUSY)
+                    return None
+                return _resume.decode(data)
             request = _request.decode(data)
             if self._running is not None:
                 await self._send_event(_BUSY)
@@ -194,7 +269,10 @@ stream_router = Router(
         Operation(
             method="get", path="/stream", summary="Run an agent and stream its events (SSE)",
             query=[("input", str, True), ("agent_name", str, False), ("session_id", str, False)],
-            response=Event, responses={400: ErrorDetail, 404: ErrorDetail, 503: ErrorDetail}, tags=_TAGS,
+            headers=[("Last-Event-ID", str, False)],
+            response=Event,
+            responses={400: ErrorDetail, 404: ErrorDetail, 410: ErrorDetail, 503: ErrorDetail},
+            tags=_TAGS,
             media_type="text/event-stream",
         ),
     ],

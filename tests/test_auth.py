@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from orbiter_asgi import Agent, JSONResponse, Request, create_app
-from tests.helpers import client_for
+from tests.helpers import assert_start, client_for
 from tests.servers import running_server
 
 KEY = "sk-test-0123456789"
@@ -94,6 +94,7 @@ def test_websocket_handshake_without_a_key_is_refused_before_accept(secured: Any
             pass
         with client.websocket_connect("/ws/chat", headers={"X-API-Key": KEY}) as ws:
             ws.send_json({"input": "in"})
+            assert_start(ws.receive_json())
             assert ws.receive_json() == {"type": "text", "content": "in"}
     assert denied.value.status_code == 401
     assert denied.value.headers["www-authenticate"] == 'Bearer realm="orbiter"'
@@ -191,8 +192,10 @@ def test_real_server_with_api_key_flag() -> None:
             connect(ws_url).close()
         with connect(ws_url, additional_headers={"X-API-Key": KEY}) as ws:
             ws.send(json.dumps({"input": "over the wire"}))
+            start = json.loads(ws.recv(timeout=10))
             first = json.loads(ws.recv(timeout=10))
     assert unauthorized.status_code == 401 and unauthorized.headers["www-authenticate"]
     assert authorized.json()["output"] == "x"
     assert refused.value.response.status_code == 401
+    assert_start(start)
     assert first == {"type": "text", "content": "over "}

@@ -7,7 +7,7 @@ import pytest
 
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi.app import ChatRequest, ChatResponse
-from tests.helpers import client_for, sse_events
+from tests.helpers import assert_run_id, client_for, sse_events, sse_run
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +22,10 @@ async def test_chat_echoes_and_reports_usage(client: httpx.AsyncClient) -> None:
         "session_id": None,
         "steps": 1,
         "usage": {"input_tokens": 3, "output_tokens": 3, "total_tokens": 6},
+        "run_id": assert_run_id(response.headers["x-run-id"]),
     }
+    again = await client.post("/chat", json={"agent_name": "assistant", "input": "What is Python?"})
+    assert again.json()["run_id"] == again.headers["x-run-id"] != response.headers["x-run-id"]
 
 
 async def test_message_is_an_alias_of_input(client: httpx.AsyncClient) -> None:
@@ -51,13 +54,17 @@ async def test_streamed_chat_is_sse_ending_with_done(client: httpx.AsyncClient) 
     assert response.headers["x-accel-buffering"] == "no"
     events = sse_events(response.text)
     assert events[-1] == "[DONE]"
+    run_id = assert_run_id(response.headers["x-run-id"])
+    assert events[0] == {"type": "start", "run_id": run_id, "agent_name": "assistant", "session_id": None}
     texts = [e["content"] for e in events if isinstance(e, dict) and e["type"] == "text"]
     assert "".join(texts) == "Explain decorators please"
     assert len(texts) == 3
     done = events[-2]
     assert isinstance(done, dict) and done["type"] == "done" and done["output"] == "Explain decorators please"
+    assert done["run_id"] == run_id
+    # every frame, [DONE] too, has the id `<run_id>:<seq>`, seq counting from 1
     ids = [line[4:] for line in response.text.splitlines() if line.startswith("id: ")]
-    assert ids == [str(n) for n in range(1, len(events))]
+    assert ids == [f"{run_id}:{n}" for n in range(1, len(events) + 1)]
 
 
 @pytest.mark.parametrize(
@@ -135,14 +142,18 @@ async def test_agent_failure_is_502_with_clear_detail_and_error_event() -> None:
         assert response.status_code == 502
         assert response.json() == {"detail": "Agent 'broken' failed: RuntimeError: model exploded"}
         streamed = await client.post("/chat", json={"input": "hi", "stream": True})
-    events = sse_events(streamed.text)
-    assert events[0] == {"type": "text", "content": "partial "}
-    assert events[1] == {
-        "type": "error",
-        "error": "Agent 'broken' failed: RuntimeError: model exploded",
-        "code": "agent_error",
-    }
-    assert events[-1] == "[DONE]"
+    run_id, events = sse_run(streamed)
+    assert events == [
+        {"type": "start", "run_id": run_id, "agent_name": "broken", "session_id": None},
+        {"type": "text", "content": "partial "},
+        {
+            "type": "error",
+            "run_id": run_id,
+            "error": "Agent 'broken' failed: RuntimeError: model exploded",
+            "code": "agent_error",
+        },
+        "[DONE]",
+    ]
 
 
 async def test_wrong_method_is_405_with_detail(client: httpx.AsyncClient) -> None:

@@ -18,7 +18,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app, register_agent, registered_agents
-from tests.helpers import client_for
+from tests.helpers import assert_start, client_for
 
 ORIGINAL_NAMES = {
     "orbiter_asgi": [
@@ -168,8 +168,10 @@ def test_the_pydantic_surface() -> None:
         "session_id": None,
         "steps": 0,
         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "run_id": None,
     }
     assert "session_id" not in response.model_dump(exclude_none=True)
+    assert "run_id" not in response.model_dump(exclude_none=True)
     assert response.model_dump_json(exclude_none=True).startswith('{"output":"Python is a language."')
     assert ChatResponse.model_validate_json(response.model_dump_json()) == response
     assert ChatResponse.model_validate(response.model_dump()) == response
@@ -345,13 +347,21 @@ def test_the_guide_websocket_client_reads_until_done_even_when_the_agent_fails()
 
     app = create_app(agents={"broken": broken, "assistant": Agent("assistant")})
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
-        for turn in ({"message": "hi", "agent_name": "broken"}, {"message": ""}, {"agent_name": "x"}):
+        turns = [
+            ({"message": "hi", "agent_name": "broken"}, ["start", "error", "done"]),
+            ({"message": ""}, ["error", "done"]),  # refused before it became a run: no start
+            ({"agent_name": "x"}, ["error", "done"]),
+        ]
+        for turn, kinds in turns:
             ws.send_json(turn)
             events = [ws.receive_json()]
             while events[-1]["type"] != "done":
                 events.append(ws.receive_json())
-            assert [e["type"] for e in events if e["type"] != "text"] == ["error", "done"]
+            assert [e["type"] for e in events if e["type"] != "text"] == kinds
+            run_id = assert_start(events[0], "broken") if kinds[0] == "start" else None
+            assert events[-2]["run_id"] == events[-1]["run_id"] == run_id
         ws.send_json({"message": "the socket stays open", "agent_name": "assistant"})
+        assert_start(ws.receive_json())
         assert ws.receive_json() == {"type": "text", "content": "the "}
 
 

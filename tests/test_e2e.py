@@ -12,6 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.helpers import assert_start
 from tests.servers import running_server
 
 pytestmark = pytest.mark.e2e
@@ -87,17 +88,21 @@ def test_websocket_turns(server: str) -> None:
         for text in ("first turn", "second turn"):
             ws.send(json.dumps({"agent_name": "assistant", "input": text, "session_id": "ws"}))
             events = _ws_turn(ws)
-            assert events[-1]["output"] == text
+            run_id = assert_start(events[0], session_id="ws")
+            assert events[-1]["output"] == text and events[-1]["run_id"] == run_id
         # every turn ends with one `done`, failed and refused ones too: the guide's
         # client, which reads until `done`, never hangs
         ws.send(json.dumps({"agent_name": "broken", "input": "hi"}))
         failed = _ws_turn(ws)
-        assert [e["type"] for e in failed] == ["text", "error", "done"]
-        assert failed[1]["error"] == "Agent 'broken' failed: RuntimeError: model exploded"
-        assert failed[2]["output"] == "partial"
+        assert [e["type"] for e in failed] == ["start", "text", "error", "done"]
+        run_id = assert_start(failed[0], "broken")
+        assert failed[2]["error"] == "Agent 'broken' failed: RuntimeError: model exploded"
+        assert failed[3]["output"] == "partial"
+        assert failed[2]["run_id"] == failed[3]["run_id"] == run_id
         for refused in ("not json", {"input": ""}, {"input": "x", "agent_name": "nobody"}):
             ws.send(refused if isinstance(refused, str) else json.dumps(refused))
-            assert [e["type"] for e in _ws_turn(ws)] == ["error", "done"]
+            events = _ws_turn(ws)
+            assert [(e["type"], e["run_id"]) for e in events] == [("error", None), ("done", None)]
         ws.send(json.dumps({"message": "still open"}))  # the original package's field name
         assert _ws_turn(ws)[-1]["output"] == "still open"
 

@@ -40,4 +40,12 @@ def test_drop_in_module_paths_mirror_the_original() -> None:
         orbiter_asgi.stream_router,
     }
     assert ChatRequest.__struct_fields__[:4] == ("input", "agent_name", "session_id", "stream")
-    assert ChatResponse.__struct_fields__ == ("output", "agent_name", "session_id", "steps", "usage")
+    # the original's fields, in its order, then the run id
+    assert ChatResponse.__struct_fields__ == (
+        "output",
+        "agent_name",
+        "session_id",
+        "steps",
+        "usage",
+        "run_id",
+    )

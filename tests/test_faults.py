@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import client_for, http_scope, sse_events
+from tests.helpers import client_for, http_scope, sse_events, sse_run
 from tests.misbehaving import FaultyProvider, FlakyStore, texts
 
 pytestmark = pytest.mark.anyio
@@ -97,9 +97,15 @@ async def test_store_failing_before_the_turn(app: Any, store: FlakyStore, provid
         history = (await client.get("/sessions/s/messages")).json()
     assert failed.status_code == 503 and failed.headers["retry-after"] == "1"
     assert failed.json() == {"detail": "The session store is unavailable"}
-    events = sse_events(streamed.text)
+    run_id, events = sse_run(streamed)
     assert events == [
-        {"type": "error", "error": "The session store is unavailable", "code": "store_unavailable"},
+        {"type": "start", "run_id": run_id, "agent_name": "faulty", "session_id": "s"},
+        {
+            "type": "error",
+            "run_id": run_id,
+            "error": "The session store is unavailable",
+            "code": "store_unavailable",
+        },
         "[DONE]",
     ]
     assert provider.calls == 1  # the model was never called for the failed turns
@@ -117,10 +123,12 @@ async def test_store_failing_after_the_turn(app: Any, store: FlakyStore) -> None
         history = (await client.get("/sessions/s/messages")).json()
     assert failed.status_code == 503
     assert failed.json() == {"detail": "The session store is unavailable"}
-    events = sse_events(streamed.text)
-    assert events[0] == {"type": "text", "content": "two"}
+    run_id, events = sse_run(streamed)
+    assert events[0] == {"type": "start", "run_id": run_id, "agent_name": "faulty", "session_id": "s"}
+    assert events[1] == {"type": "text", "content": "two"}
     assert events[-2] == {
         "type": "error",
+        "run_id": run_id,
         "error": "The session store is unavailable",
         "code": "store_unavailable",
     }
@@ -166,7 +174,7 @@ def test_faults_over_websocket_keep_the_socket_usable(
 
 
 async def test_a_client_leaving_a_json_chat_cancels_the_model_call(provider: FaultyProvider) -> None:
-    app = create_app(agents=[Agent("faulty", model="fake:model", provider=provider)])
+    app = create_app(agents=[Agent("faulty", model="fake:model", provider=provider)], disconnect_grace=0)
     provider.mode = "stall"
     sent: list[dict[str, Any]] = []
     body = b'{"input": "x", "session_id": "gone"}'

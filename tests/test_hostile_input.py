@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import http_scope, sse_events
+from tests.helpers import assert_start, http_scope, sse_events
 from tests.misbehaving import call, texts
 from tests.servers import running_server
 
@@ -250,11 +250,14 @@ def test_websocket_binary_frames() -> None:
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
         for frame in (b"\xff\xfe\x00", b'{"input": "\xff"}', b"\x00" * 100, b"[" * 10_000, b""):
             ws.send_bytes(frame)
-            assert ws.receive_json()["code"] == "bad_request"
-            assert ws.receive_json()["type"] == "done"
+            error, done = ws.receive_json(), ws.receive_json()
+            assert error["code"] == "bad_request" and error["run_id"] is None
+            assert done["type"] == "done" and done["run_id"] is None
         ws.send_bytes('{"input": "bin\u00e4ry"}'.encode())
-        events = [ws.receive_json(), ws.receive_json()]
-    assert events == [{"type": "text", "content": "binäry"}, events[1]] and events[1]["type"] == "done"
+        events = [ws.receive_json(), ws.receive_json(), ws.receive_json()]
+    run_id = assert_start(events[0])
+    assert events == [events[0], {"type": "text", "content": "binäry"}, events[2]]
+    assert events[2]["type"] == "done" and events[2]["run_id"] == run_id
 
 
 def test_websocket_flood_of_small_messages() -> None:
@@ -266,16 +269,22 @@ def test_websocket_flood_of_small_messages() -> None:
             ws.send_text("{}" if n % 2 else "x")
         codes: dict[str, int] = {}
         done = 0
+        run_id = assert_start(ws.receive_json())
         for _ in range(2 * flood + 100):  # an error, and a `done` for frames refused between turns
             event = ws.receive_json()
+            assert event["type"] != "start"  # no refused frame became a run
             if event["type"] == "error":
+                assert event["run_id"] is None
                 codes[event["code"]] = codes.get(event["code"], 0) + 1
+            if event["type"] == "done":  # the turn's own, with its id; those of refused frames, none
+                assert event["run_id"] == (run_id if not done else None), event
             done += event["type"] == "done"
             if sum(codes.values()) == flood and done:
                 break
         ws.send_json({"input": "still alive"})
         # frames refused after the turn ended each end with a `done` of their own
         while (event := ws.receive_json())["type"] == "done":
-            pass
-        assert event == {"type": "text", "content": "still "}
+            assert event["run_id"] is None
+        assert assert_start(event) != run_id
+        assert ws.receive_json() == {"type": "text", "content": "still "}
     assert sum(codes.values()) == flood and set(codes) <= {"bad_request", "busy", "validation_error"}

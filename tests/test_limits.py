@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from orbiter_asgi import Agent, Message, create_app
 from orbiter_asgi.stores import MemoryStore
-from tests.helpers import client_for, http_scope, sse_events
+from tests.helpers import assert_start, client_for, http_scope, sse_run
 from tests.misbehaving import Gate, call
 
 pytestmark = pytest.mark.anyio
@@ -219,19 +219,23 @@ def test_websocket_turn_past_the_concurrency_limit_is_an_error_event() -> None:
         client.websocket_connect("/ws/chat") as second,
     ):
         first.send_json({"input": "hold"})
+        run_id = assert_start(first.receive_json(), "gate")
         assert first.receive_json() == {"type": "text", "content": "start "}
         second.send_json({"input": "refused"})
-        assert second.receive_json()["code"] == "overloaded"
+        refused = second.receive_json()  # refused before it became a run: no start, no run id
+        assert refused["code"] == "overloaded" and refused["run_id"] is None
         assert second.receive_json() == {
-            "type": "done", "output": "", "agent_name": "", "session_id": None, "steps": 0,
-            "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+            "type": "done", "run_id": None, "output": "", "agent_name": "", "session_id": None,
+            "steps": 0, "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
         }
         client.portal.call(gate.open)  # type: ignore[union-attr]
         assert first.receive_json()["content"] == "end"
-        assert first.receive_json()["type"] == "done"
+        done = first.receive_json()
+        assert done["type"] == "done" and done["run_id"] == run_id
         second.send_json({"input": "again"})
-        events = [second.receive_json() for _ in range(3)]
-    assert [e["type"] for e in events] == ["text", "text", "done"]
+        events = [second.receive_json() for _ in range(4)]
+    assert [e["type"] for e in events] == ["start", "text", "text", "done"]
+    assert assert_start(events[0], "gate") == events[-1]["run_id"] != run_id
 
 
 # --- wall-clock timeout -----------------------------------------------------------------------
@@ -246,14 +250,18 @@ async def test_run_timeout_is_504_for_json_and_an_event_for_sse() -> None:
         history = (await client.get("/sessions/t/messages")).json()
     assert chat.status_code == 504
     assert chat.json() == {"detail": "The run took longer than its 0.2 s limit"}
-    events = sse_events(sse.text)
-    assert events[0] == {"type": "text", "content": "start "}
-    assert events[-2] == {
-        "type": "error",
-        "error": "The run took longer than its 0.2 s limit",
-        "code": "timeout",
-    }
-    assert events[-1] == "[DONE]"
+    run_id, events = sse_run(sse)
+    assert events == [
+        {"type": "start", "run_id": run_id, "agent_name": "gate", "session_id": "t"},
+        {"type": "text", "content": "start "},
+        {
+            "type": "error",
+            "run_id": run_id,
+            "error": "The run took longer than its 0.2 s limit",
+            "code": "timeout",
+        },
+        "[DONE]",
+    ]
     assert len(gate.ended_by) == 2 and set(gate.ended_by) <= {"CancelledError", "GeneratorExit"}
     assert [(m["role"], m["content"]) for m in history] == [
         ("user", "hi"),
@@ -306,11 +314,15 @@ def test_websocket_turn_timeout_is_an_error_event_and_the_socket_lives_on() -> N
     app = create_app(agents=[gate, Agent("assistant")], run_timeout=0.2)
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
         ws.send_json({"input": "hi", "agent_name": "gate"})
+        run_id = assert_start(ws.receive_json(), "gate")
         assert ws.receive_json()["type"] == "text"
-        assert ws.receive_json()["code"] == "timeout"
+        error = ws.receive_json()
+        assert error["code"] == "timeout" and error["run_id"] == run_id
         done = ws.receive_json()
         assert done["type"] == "done" and done["agent_name"] == "gate" and done["output"]
+        assert done["run_id"] == run_id
         ws.send_json({"input": "next", "agent_name": "assistant"})
+        assert assert_start(ws.receive_json()) != run_id
         assert ws.receive_json() == {"type": "text", "content": "next"}
 
 
@@ -331,9 +343,11 @@ async def test_drain_refuses_new_turns_and_ends_running_ones_after_the_grace_per
             await gate.wait_running(1)
         app.drain()
         refused = await client.post("/chat", json={"input": "late"})
-    events = sse_events(streamed[0].text)
+    run_id, events = sse_run(streamed[0])
+    assert events[0] == {"type": "start", "run_id": run_id, "agent_name": "gate", "session_id": "d"}
     assert events[-2] == {
         "type": "error",
+        "run_id": run_id,
         "error": "The server shut down before the run finished",
         "code": "shutdown",
     }

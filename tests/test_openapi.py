@@ -21,6 +21,9 @@ async def test_openapi_31_document_from_the_structs(client: httpx.AsyncClient) -
         "/sessions/{session_id}",
         "/sessions/{session_id}/messages",
         "/stream",
+        "/runs/{run_id}",
+        "/runs/{run_id}/events",
+        "/runs/{run_id}/cancel",
     }
     chat = spec["paths"]["/chat"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"] == {
@@ -38,8 +41,25 @@ async def test_openapi_31_document_from_the_structs(client: httpx.AsyncClient) -
         "session_id",
         "steps",
         "usage",
+        "run_id",
     }
     assert schemas["TextEvent"]["properties"]["type"] == {"enum": ["text"]}
+    # the `Event` union of the streams starts with `start`, which always has its run's id
+    stream = spec["paths"]["/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    [data, _done] = stream["schema"]["properties"]["data"]["anyOf"]
+    events = data["contentSchema"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in events["anyOf"]] == [
+        "StartEvent",
+        "TextEvent",
+        "ToolCallEvent",
+        "ToolResultEvent",
+        "DoneEvent",
+        "ErrorEvent",
+    ]
+    assert events["discriminator"]["mapping"]["start"] == "#/components/schemas/StartEvent"
+    assert schemas["StartEvent"]["properties"]["type"] == {"enum": ["start"]}
+    assert set(schemas["StartEvent"]["required"]) == {"type", "run_id", "agent_name"}
+    assert {"run_id"} <= set(schemas["DoneEvent"]["properties"]) & set(schemas["ErrorEvent"]["properties"])
     assert set(spec["paths"]["/sessions/{session_id}"]) == {"get", "patch", "delete"}
     params = {p["name"] for p in spec["paths"]["/sessions"]["get"]["parameters"]}
     assert params == {"agent_name", "limit", "cursor"}

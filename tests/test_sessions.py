@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from orbiter_asgi import Agent, Message, create_app
-from tests.helpers import client_for, sse_events
+from tests.helpers import client_for, sse_events, sse_run
 
 pytestmark = pytest.mark.anyio
 
@@ -299,9 +299,12 @@ async def test_batched_provider_output_streams_and_stores_like_single_events() -
         answer = await client.post("/chat", json={"input": "again", "session_id": "b"})
         plain = await client.post("/chat", json={"input": "2+3?"})  # no session: no history kept
         messages = (await client.get("/sessions/b/messages")).json()
-    events = sse_events(streamed.text)
+    run_id, events = sse_run(streamed)  # ids count on through the batches
+    assert events[0] == {"type": "start", "run_id": run_id, "agent_name": "calc", "session_id": "b"}
     kinds = [e["type"] if isinstance(e, dict) else e for e in events]
-    assert kinds == ["text"] * 3 + ["tool_call", "tool_result"] + ["text"] * 3 + ["done", "[DONE]"]
+    assert kinds == (
+        ["start"] + ["text"] * 3 + ["tool_call", "tool_result"] + ["text"] * 3 + ["done", "[DONE]"]
+    )
     texts = "".join(e["content"] for e in events if isinstance(e, dict) and e["type"] == "text")
     assert texts == "Let me add. Now: The sum is 5"
     done = events[-2]

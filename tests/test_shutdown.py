@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.helpers import assert_start, sse_run
 from tests.servers import server_process
 
 pytestmark = pytest.mark.e2e
@@ -27,15 +28,18 @@ TARGET = str(Path(__file__).parent / "apps" / "shutdown_app.py") + ":app"
 GRACE = 1.5
 
 
-def _sse(url: str, params: dict[str, str], first: threading.Event) -> list[Any]:
-    events: list[Any] = []
+def _sse(url: str, params: dict[str, str], first: threading.Event) -> tuple[str, list[Any]]:
+    """The run id and events of a whole stream (checked by `sse_run`); `first` is set
+    once the turn streams its answer."""
+    lines: list[str] = []
     with httpx.Client(timeout=30) as client, client.stream("GET", f"{url}/stream", params=params) as response:
         for line in response.iter_lines():
-            if line.startswith("data: "):
-                payload = line[6:]
-                events.append(payload if payload == "[DONE]" else json.loads(payload))
+            lines.append(line)
+            if line.startswith("data: ") and not line.startswith('data: {"type":"start"'):
                 first.set()
-    return events
+        run_id, events = sse_run("\n".join(lines))
+        assert response.headers["x-run-id"] == run_id
+    return run_id, events
 
 
 def _ws(url: str, message: dict[str, str], first: threading.Event) -> tuple[list[Any], int | None]:
@@ -46,7 +50,8 @@ def _ws(url: str, message: dict[str, str], first: threading.Event) -> tuple[list
         try:
             for _ in range(1000):
                 events.append(json.loads(ws.recv(timeout=30)))
-                first.set()
+                if events[-1]["type"] != "start":  # the turn streams its answer
+                    first.set()
                 if events[-1]["type"] in ("done", "error"):
                     break
         except ConnectionClosed as closed:
@@ -77,10 +82,10 @@ def test_sigterm_lets_short_turns_finish_and_ends_long_ones(server: str, tmp_pat
         assert acknowledged.status_code == 201
         started = [threading.Event() for _ in range(3)]
         with ThreadPoolExecutor(3) as pool:
-            quick: Future[list[Any]] = pool.submit(
+            quick: Future[tuple[str, list[Any]]] = pool.submit(
                 _sse, url, {"agent_name": "quick", "input": quick_input, "session_id": "quick"}, started[0]
             )
-            endless: Future[list[Any]] = pool.submit(
+            endless: Future[tuple[str, list[Any]]] = pool.submit(
                 _sse,
                 url,
                 {"agent_name": "endless", "input": endless_input, "session_id": "endless"},
@@ -92,26 +97,32 @@ def test_sigterm_lets_short_turns_finish_and_ends_long_ones(server: str, tmp_pat
             for event in started:
                 assert event.wait(20)
             process.send_signal(signal.SIGTERM)
-            quick_events, endless_events = quick.result(30), endless.result(30)
+            (quick_id, quick_events), (endless_id, endless_events) = quick.result(30), endless.result(30)
             ws_events, ws_code = socket.result(30)
             with pytest.raises(httpx.TransportError):
                 httpx.post(f"{url}/chat", json={"input": "too late"}, timeout=5)
         # uvicorn re-raises the signal once it shut down gracefully
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
 
+    assert_start(quick_events[0], "quick", "quick")
+    assert quick_events[0]["run_id"] == quick_id
     assert quick_events[-2]["type"] == "done" and quick_events[-2]["output"] == quick_input
+    assert quick_events[-2]["run_id"] == quick_id != endless_id
+    assert endless_events[0]["type"] == "start" and endless_events[0]["session_id"] == "endless"
     assert endless_events[-2] == {
         "type": "error",
+        "run_id": endless_id,
         "error": "The server shut down before the run finished",
         "code": "shutdown",
     }
     assert endless_events[-1] == quick_events[-1] == "[DONE]"
     assert 0 < sum(e["type"] == "text" for e in endless_events[:-2]) < 300
-    assert ws_events[0]["type"] == "text"
+    ws_run = assert_start(ws_events[0], "endless", "ws")
+    assert ws_events[1]["type"] == "text"
     if server == "uvicorn":  # uvicorn closes WebSockets at once on shutdown ("service restart")
         assert ws_code == 1012
     else:  # hypercorn leaves them to the app: the turn ends like the SSE one
-        assert ws_events[-1]["code"] == "shutdown"
+        assert ws_events[-1]["code"] == "shutdown" and ws_events[-1]["run_id"] == ws_run
 
     stored = _journal(journal)
     assert stored["noted"] == [("user", "remember me")]

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from orbiter_asgi import Agent, OrbiterApp, create_app
-from tests.helpers import client_for, http_scope, sse_events
+from tests.helpers import assert_start, client_for, http_scope, sse_events, sse_run
 
 
 class Probe:
@@ -101,9 +101,9 @@ async def _body_chunks(app: OrbiterApp, scope: dict[str, Any]) -> list[bytes]:
 
 
 @pytest.mark.anyio
-async def test_client_disconnect_cancels_the_run() -> None:
+async def test_client_disconnect_without_grace_cancels_the_run() -> None:
     probe = Probe()
-    app = create_app(agents=[probe])
+    app = create_app(agents=[probe], disconnect_grace=0)
     chunks: list[bytes] = []
 
     async def on_chunk(message: dict[str, Any]) -> bool:
@@ -121,9 +121,9 @@ async def test_client_disconnect_cancels_the_run() -> None:
 
 
 @pytest.mark.anyio
-async def test_send_failing_with_oserror_cancels_the_run() -> None:
+async def test_send_failing_with_oserror_cancels_the_run_without_grace() -> None:
     probe = Probe()
-    app = create_app(agents=[probe])
+    app = create_app(agents=[probe], disconnect_grace=0)
     sent = 0
 
     async def receive() -> dict[str, Any]:
@@ -157,13 +157,15 @@ async def test_idle_stream_gets_comment_heartbeats() -> None:
 
 @pytest.mark.anyio
 async def test_events_ready_together_leave_in_one_write() -> None:
-    # an undelayed echo answer is ready at once: headers, then one body with done and [DONE]
+    # an undelayed echo answer is ready at once: headers, then one body from start to [DONE]
     app = create_app(agents=[Agent("assistant")])
     chunks = await _body_chunks(app, http_scope("GET", "/stream", b"input=one+two+three"))
     assert len(chunks) == 1
-    kinds = [e["type"] for e in sse_events(chunks[0].decode()) if isinstance(e, dict)]
-    assert kinds == ["text"] * 3 + ["done"]
-    assert chunks[0].endswith(b"data: [DONE]\n\n")
+    run_id, events = sse_run(chunks[0].decode())
+    kinds = [e["type"] for e in events if isinstance(e, dict)]
+    assert kinds == ["start"] + ["text"] * 3 + ["done"]
+    assert chunks[0].startswith(b"id: %s:1\ndata: {" % run_id.encode())
+    assert chunks[0].endswith(b"\n\nid: %s:6\ndata: [DONE]\n\n" % run_id.encode())
 
 
 @pytest.mark.anyio
@@ -172,20 +174,26 @@ async def test_words_that_come_apart_are_written_as_they_come() -> None:
     app = create_app(agents=[Agent("assistant", model="echo?delay=0.02")])
     with anyio.fail_after(5):
         chunks = await _body_chunks(app, http_scope("GET", "/stream", b"input=one+two+three"))
-    # the last word is ready together with the end of the run: they share the final write
-    assert [sse_events(c.decode()) for c in chunks[:2]] == [
+    # the start goes out before the first word; the last word is ready together with the
+    # end of the run: they share the final write
+    run_id, _ = sse_run(b"".join(chunks).decode())
+    head = b"id: %s:" % run_id.encode()
+    assert [sse_events(c.decode()) for c in chunks[:3]] == [
+        [{"type": "start", "run_id": run_id, "agent_name": "assistant", "session_id": None}],
         [{"type": "text", "content": "one "}],
         [{"type": "text", "content": "two "}],
     ]
-    assert len(chunks) == 3 and chunks[2].startswith(b'id: 3\ndata: {"type":"text","content":"three"}')
-    assert chunks[2].endswith(b"data: [DONE]\n\n")
+    assert chunks[1] == head + b'2\ndata: {"type":"text","content":"one "}\n\n'
+    assert len(chunks) == 4 and chunks[3].startswith(head + b'4\ndata: {"type":"text","content":"three"}')
+    assert chunks[3].endswith(head + b"6\ndata: [DONE]\n\n")
 
 
 # --- WebSocket ---------------------------------------------------------------
 
 
-EMPTY_DONE = {
+EMPTY_DONE = {  # of a frame refused before it became a run
     "type": "done",
+    "run_id": None,
     "output": "",
     "agent_name": "",
     "session_id": None,
@@ -225,22 +233,30 @@ def test_websocket_bad_frames_get_error_and_done_and_socket_stays_open() -> None
         assert [e["type"] for e in _turn(ws)] == ["error", "done"]
         ws.send_json({"input": "hi", "agent_name": "ghost", "session_id": "s"})
         assert _turn(ws) == [
-            {"type": "error", "error": "Agent 'ghost' not found", "code": "agent_not_found"},
+            {"type": "error", "run_id": None, "error": "Agent 'ghost' not found", "code": "agent_not_found"},
             {**EMPTY_DONE, "agent_name": "ghost", "session_id": "s"},
         ]
         ws.send_json({"agent_name": "assistant"})
-        assert _turn(ws)[0]["code"] == "bad_request"
+        assert [(e["type"], e.get("code"), e["run_id"]) for e in _turn(ws)] == [
+            ("error", "bad_request", None),
+            ("done", None, None),
+        ]
         ws.send_json({"input": "x", "session_id": "bad id"})
-        assert _turn(ws)[0]["code"] == "bad_request"
+        assert [(e["type"], e.get("code"), e["run_id"]) for e in _turn(ws)] == [
+            ("error", "bad_request", None),
+            ("done", None, None),
+        ]
         ws.send_json({"input": ""})  # refused, as it is with a 422 over HTTP
         assert _turn(ws) == [
-            {"type": "error", "error": "body.input: String should have at least 1 character",
+            {"type": "error", "run_id": None, "error": "body.input: String should have at least 1 character",
              "code": "validation_error"},
             EMPTY_DONE,
         ]
         assert client.get("/sessions").json() == []  # no refused turn touched the store
         ws.send_bytes(json.dumps({"input": "bytes work"}).encode())
-        assert _turn(ws)[-1]["output"] == "bytes work"
+        events = _turn(ws)
+        assert events[-1]["output"] == "bytes work"
+        assert events[-1]["run_id"] == assert_start(events[0])
 
 
 def test_websocket_cancel_stops_the_running_turn() -> None:
@@ -248,18 +264,24 @@ def test_websocket_cancel_stops_the_running_turn() -> None:
     app = create_app(agents=[probe, Agent("assistant")])
     with TestClient(app) as client, client.websocket_connect("/ws/chat") as ws:
         ws.send_json({"input": "go", "session_id": "ws-cancel"})
+        run_id = assert_start(ws.receive_json(), "probe", "ws-cancel")
         assert ws.receive_json()["type"] == "text"
         ws.send_json({"input": "too soon"})
         busy = ws.receive_json()
         while busy["type"] == "text":
             busy = ws.receive_json()
-        assert busy["code"] == "busy"
+        assert busy["code"] == "busy" and busy["run_id"] is None  # refused: not a run
         ws.send_json({"type": "cancel"})
         events = _turn(ws)
-        assert events[-2] == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
-        assert events[-1]["type"] == "done"
+        assert events[-2] == {
+            "type": "error", "run_id": run_id, "error": "The turn was cancelled", "code": "cancelled"
+        }
+        assert events[-1]["type"] == "done" and events[-1]["run_id"] == run_id
+        assert all(e["type"] == "text" for e in events[:-2])
         ws.send_json({"input": "next turn works", "agent_name": "assistant"})
-        assert _turn(ws)[-1]["output"] == "next turn works"
+        events_next = _turn(ws)
+        assert events_next[-1]["output"] == "next turn works"
+        assert events_next[-1]["run_id"] == assert_start(events_next[0]) != run_id
         history = client.get("/sessions/ws-cancel/messages").json()
     assert probe.ended_by in ("CancelledError", "GeneratorExit")
     assert [m["role"] for m in history] == ["user", "assistant"]
@@ -272,8 +294,9 @@ def test_websocket_cancel_without_a_turn_is_ignored() -> None:
         ws.send_json({"type": "cancel"})
         ws.send_json({"input": "still here"})
         events = _turn(ws)
-    assert [e["type"] for e in events] == ["text", "text", "done"]
+    assert [e["type"] for e in events] == ["start", "text", "text", "done"]
     assert events[-1]["output"] == "still here"
+    assert events[-1]["run_id"] == assert_start(events[0])
 
 
 def test_websocket_disconnect_mid_turn_ends_it_and_keeps_its_history() -> None:
@@ -282,6 +305,7 @@ def test_websocket_disconnect_mid_turn_ends_it_and_keeps_its_history() -> None:
     with TestClient(app) as client:
         with client.websocket_connect("/ws/chat") as ws:
             ws.send_json({"input": "go", "session_id": "ws-gone"})
+            assert_start(ws.receive_json(), "probe", "ws-gone")
             assert ws.receive_json() == {"type": "text", "content": "w0 "}
         history = client.get("/sessions/ws-gone/messages").json()
     assert probe.ended_by in ("CancelledError", "GeneratorExit")

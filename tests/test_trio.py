@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
-from tests.helpers import client_for, sse_events
+from tests.helpers import assert_run_id, assert_start, client_for, sse_run
 from tests.misbehaving import Gate
 
 pytest.importorskip("trio")
@@ -30,8 +30,10 @@ def test_chat_json_and_sse_answer_under_trio() -> None:
             streamed = await client.post("/chat", json={"input": "again", "stream": True})
             history = (await client.get("/sessions/t/messages")).json()
         assert chat.status_code == 200 and chat.json()["output"] == "hello trio"
-        events = [e for e in sse_events(streamed.text) if isinstance(e, dict)]
-        assert [(e["type"], e.get("content")) for e in events[:-1]] == [("text", "again")]
+        assert chat.json()["run_id"] == assert_run_id(chat.headers["x-run-id"])
+        run_id, events = sse_run(streamed)
+        assert [(e["type"], e.get("content")) for e in events[:-2]] == [("start", None), ("text", "again")]
+        assert events[-2]["type"] == "done" and events[-2]["run_id"] == run_id != chat.json()["run_id"]
         assert [m["content"] for m in history] == ["hello trio", "hello trio"]
         assert app.context.guard.active == 0
 
@@ -70,14 +72,24 @@ def test_websocket_turns_and_cancel_under_trio() -> None:
     )
     with TestClient(app, backend="trio") as client, client.websocket_connect("/ws/chat") as ws:
         ws.send_json({"input": "two words"})
-        assert [ws.receive_json()["type"] for _ in range(3)] == ["text", "text", "done"]
+        events = [ws.receive_json() for _ in range(4)]
+        assert [e["type"] for e in events] == ["start", "text", "text", "done"]
+        assert events[-1]["run_id"] == assert_start(events[0])
         ws.send_json({"input": "many slow words " * 20, "agent_name": "slow"})
         ws.send_json({"type": "cancel"})
+        run_id = assert_start(ws.receive_json(), "slow")
         last = ws.receive_json()
         while last["type"] == "text":
             last = ws.receive_json()
-        assert last == {"type": "error", "error": "The turn was cancelled", "code": "cancelled"}
-        assert ws.receive_json()["type"] == "done"
+        assert last == {
+            "type": "error",
+            "run_id": run_id,
+            "error": "The turn was cancelled",
+            "code": "cancelled",
+        }
+        done = ws.receive_json()
+        assert done["type"] == "done" and done["run_id"] == run_id
         ws.send_json({"input": "after"})
+        assert assert_start(ws.receive_json()) != run_id
         assert ws.receive_json() == {"type": "text", "content": "after"}
     assert app.context.guard.active == 0

@@ -19,6 +19,7 @@ import msgspec
 
 from ..exceptions import RequestError
 from ..models import Message, Session, SessionSummary
+from .journal import RunJournal
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -82,7 +83,11 @@ class SessionStore(Protocol):
     Errors: `SessionNotFound` for a missing id where one is required,
     `ConflictError` when `create` is given an id that exists, and
     `StoreError` when the backend cannot be reached.
+
+    `runs` is the store's run journal, kept beside its sessions.
     """
+
+    runs: RunJournal
 
     async def create(
         self,

@@ -20,6 +20,8 @@ from .base import (
     new_session_id,
     utcnow,
 )
+from .journal import RunJournal
+from .memory_journal import MemoryJournal
 
 __all__ = ["MemoryStore"]
 
@@ -64,6 +66,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, _Record] = {}
         self._locks = KeyedLock()
+        self.runs: RunJournal = MemoryJournal()
 
     def _record(self, session_id: str) -> _Record:
         try:

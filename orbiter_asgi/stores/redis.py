@@ -7,8 +7,9 @@ set of all sessions scored by creation time (`idx`) and one per agent
 call is one round trip: reads are a MULTI pipeline, writes a Lua script
 that checks and changes in one atomic step, so concurrent appends from
 many processes never interleave within a call and never read and rewrite
-a whole history. Scripts name some keys they compute, so this wants a
-single Redis (or a primary with replicas), not Redis Cluster.
+a whole history. Runs and their frames live beside the sessions, in the
+store's `runs` (`redis_journal.py`). Scripts name some keys they compute,
+so this wants a single Redis (or a primary with replicas), not Redis Cluster.
 
 Writes carry a token that makes them safe to repeat: a command retried
 after a dropped connection is not applied twice.
@@ -42,6 +43,9 @@ from ._records import (
     stamp,
 )
 from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
+from .journal import RunJournal
+from .redis_journal import SCRIPTS as RUN_SCRIPTS
+from .redis_journal import RedisJournal
 
 try:
     import redis.asyncio as aioredis
@@ -242,6 +246,8 @@ class RedisStore:
         )
         self._index = self.prefix + "idx"
         self._agents = self.prefix + "a:"
+        self._journal = RedisJournal(self._call, self._script, prefix=self.prefix, timeout=self.timeout)
+        self.runs: RunJournal = self._journal
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r})"
@@ -275,6 +281,7 @@ class RedisStore:
                     ("list", _LIST),
                     ("take_lock", _TAKE_LOCK),
                     ("leases", _LEASES),
+                    *RUN_SCRIPTS,
                 )
             }
         return self._client
@@ -296,6 +303,7 @@ class RedisStore:
         return await self._call(work)
 
     async def aclose(self) -> None:
+        await self._journal.aclose()
         await self._lease.aclose()
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():

@@ -46,6 +46,8 @@ from ._records import (
     stamp,
 )
 from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
+from .journal import RunJournal
+from .sqlite_journal import SQLiteJournal
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -83,6 +85,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # sessions gain a title; rows of older files read as ""
     ("ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT ''",),
+    # the run journal (sqlite_journal.py): runs, and the SSE frames each one sent.
+    # `runs` keeps its rowid: a record holds the run's whole output, too big a
+    # row for WITHOUT ROWID; frames are clustered by run, so a resume reads
+    # neighbouring pages.
+    (
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            info TEXT NOT NULL,
+            status TEXT NOT NULL,
+            idempotency_key TEXT,
+            fingerprint TEXT NOT NULL DEFAULT '',
+            dropped INTEGER NOT NULL DEFAULT 0,
+            count INTEGER NOT NULL DEFAULT 0,
+            size INTEGER NOT NULL DEFAULT 0,
+            lease_until INTEGER NOT NULL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            touched_at INTEGER NOT NULL DEFAULT 0,
+            expires_at INTEGER NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX runs_by_idempotency_key ON runs (idempotency_key)",
+        "CREATE INDEX runs_by_expiry ON runs (expires_at)",
+        """CREATE TABLE run_frames (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -197,6 +227,8 @@ class _Transaction:
 class SQLiteStore:
     """Sessions in one SQLite file, shared by the worker processes of one machine.
 
+    Its run journal, `runs`, lives in the same file (`SQLiteJournal`).
+
     ```python
     app = create_app(store="sqlite:///orbiter.db")
     app = create_app(store=SQLiteStore("sqlite:///orbiter.db", timeout=10))
@@ -240,6 +272,8 @@ class SQLiteStore:
             ttl=float(lock_ttl if lock_ttl is not None else options.get("lock_ttl", 30.0)),
             wait=float(lock_wait if lock_wait is not None else options.get("lock_wait", 300.0)),
         )
+        self._journal = SQLiteJournal(self._run, _Transaction)
+        self.runs: RunJournal = self._journal
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -339,6 +373,7 @@ class SQLiteStore:
         return result
 
     async def aclose(self) -> None:
+        await self._journal.aclose()
         await self._lease.aclose()
         self._generation += 1
         idle, self._idle = self._idle, []

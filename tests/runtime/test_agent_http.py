@@ -31,7 +31,7 @@ from tests.fakes import (
     ToolCalls,
     make_provider,
 )
-from tests.helpers import http_scope
+from tests.helpers import assert_run_id, http_scope, sse_run
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +62,7 @@ def build(
     kind: str,
     fake: FakeModelServer,
     tools: list[Callable[..., Any]] | None = None,
+    disconnect_grace: float = 5.0,
     **options: Any,
 ) -> Any:
     agent = Agent(
@@ -72,17 +73,17 @@ def build(
         provider=make_provider(kind, fake, max_retries=options.pop("max_retries", 2)),
         **options,
     )
-    return create_app(agents=[agent])
+    return create_app(agents=[agent], disconnect_grace=disconnect_grace)
 
 
 def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
-def sse_events(body: str) -> list[dict[str, Any]]:
-    lines = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
-    assert lines[-1] == "[DONE]"
-    return [json.loads(line) for line in lines[:-1]]
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """The events of a whole SSE run, `start` first, framing checked, without `[DONE]`."""
+    _, events = sse_run(response)
+    return events[:-1]  # type: ignore[return-value]
 
 
 async def test_chat_runs_a_tool_and_answers(kind: str) -> None:
@@ -99,6 +100,7 @@ async def test_chat_runs_a_tool_and_answers(kind: str) -> None:
         "session_id": None,
         "steps": 2,
         "usage": {"input_tokens": 60, "output_tokens": 13, "total_tokens": 73},
+        "run_id": assert_run_id(response.headers["x-run-id"]),
     }
     assert len(fake.requests) == 2
     assert fake.system(0) == "You are terse."
@@ -119,22 +121,22 @@ async def test_stream_events_in_order(kind: str) -> None:
     )
     async with client(build(kind, fake)) as http:
         response = await http.get("/stream", params={"input": "2+3?"})
-    events = sse_events(response.text)
-    assert [e["type"] for e in events] == ["text", "tool_call", "tool_result", "text", "done"]
-    assert events[1] == {
+    events = sse_events(response)
+    assert [e["type"] for e in events] == ["start", "text", "tool_call", "tool_result", "text", "done"]
+    assert events[2] == {
         "type": "tool_call",
         "id": "call_a",
         "name": "add",
         "arguments": {"a": 2, "b": "3"},
     }
-    assert events[2] == {
+    assert events[3] == {
         "type": "tool_result",
         "id": "call_a",
         "name": "add",
         "content": "5",
         "is_error": False,
     }
-    assert events[4]["output"] == "5" and events[4]["steps"] == 2
+    assert events[5]["output"] == "5" and events[5]["steps"] == 2
 
 
 async def test_parallel_tool_calls_run_concurrently(kind: str) -> None:
@@ -197,7 +199,7 @@ async def test_tool_errors_go_back_to_the_model(kind: str) -> None:
     )
     async with client(build(kind, fake)) as http:
         response = await http.get("/stream", params={"input": "try"})
-    events = sse_events(response.text)
+    events = sse_events(response)
     results = [e for e in events if e["type"] == "tool_result"]
     assert [r["is_error"] for r in results] == [True, True, True]
     assert "RuntimeError: kaboom: test" in results[0]["content"]
@@ -219,7 +221,7 @@ async def test_bad_json_arguments_go_back_as_an_error(kind: str) -> None:
     )
     async with client(build(kind, fake)) as http:
         response = await http.get("/stream", params={"input": "weather"})
-    events = sse_events(response.text)
+    events = sse_events(response)
     first = next(e for e in events if e["type"] == "tool_result")
     assert first["is_error"] and "not valid JSON" in first["content"]
     assert events[-1]["output"] == "Sunny." and events[-1]["steps"] == 3
@@ -236,7 +238,7 @@ async def test_max_steps_is_a_clear_502_and_error_event(kind: str) -> None:
         assert "step limit (max_steps=2)" in response.json()["detail"]
         assert len(fake.requests) == 2
         streamed = await http.get("/stream", params={"input": "loop"})
-    events = sse_events(streamed.text)
+    events = sse_events(streamed)
     assert events[-1]["type"] == "error" and events[-1]["code"] == "max_steps"
 
 
@@ -265,8 +267,12 @@ async def test_failures_are_502_and_error_events(kind: str, turn: Any, code: str
         streamed = await http.get("/stream", params={"input": "hi"})
     assert response.status_code == 502
     assert words in response.json()["detail"]
-    events = sse_events(streamed.text)
-    assert events == [{"type": "error", "error": response.json()["detail"], "code": code}]
+    run_id, events = sse_run(streamed)
+    assert events == [
+        {"type": "start", "run_id": run_id, "agent_name": "assistant", "session_id": None},
+        {"type": "error", "run_id": run_id, "error": response.json()["detail"], "code": code},
+        "[DONE]",
+    ]
 
 
 async def test_session_continues_on_the_other_provider() -> None:
@@ -347,7 +353,7 @@ async def test_agent_detail_lists_tool_names(kind: str) -> None:
 
 async def test_client_disconnect_closes_the_upstream_request(kind: str) -> None:
     fake = FAKES[kind](Hang(["partial "]))
-    app = build(kind, fake)
+    app = build(kind, fake, disconnect_grace=0)  # no grace: the run ends with its client
     gone = anyio.Event()
     bodies: list[bytes] = []
 
@@ -370,7 +376,7 @@ async def test_client_disconnect_closes_the_upstream_request(kind: str) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 async def test_disconnect_during_post_chat_closes_upstream(kind: str, stream: bool) -> None:
     fake = FAKES[kind](Hang(["partial "]))
-    app = build(kind, fake)
+    app = build(kind, fake, disconnect_grace=0)
     messages = [{"type": "http.request", "body": json.dumps({"input": "hi", "stream": stream}).encode()}]
     sent: list[dict[str, Any]] = []
 
@@ -398,15 +404,22 @@ def test_websocket_cancel_closes_the_upstream_request(kind: str) -> None:
     app = build(kind, fake)
     with TestClient(app) as http, http.websocket_connect("/ws/chat") as ws:
         ws.send_json({"input": "hi"})
+        start = ws.receive_json()
+        run_id = assert_run_id(start["run_id"])
+        assert start == {"type": "start", "run_id": run_id, "agent_name": "assistant", "session_id": None}
         assert ws.receive_json() == {"type": "text", "content": "partial "}
         ws.send_json({"type": "cancel"})
-        assert ws.receive_json()["code"] == "cancelled"
+        error = ws.receive_json()
+        assert error["code"] == "cancelled" and error["run_id"] == run_id
         done = ws.receive_json()  # what the cancelled turn produced
-        assert done["type"] == "done" and done["output"] == "partial "
+        assert done["type"] == "done" and done["output"] == "partial " and done["run_id"] == run_id
         assert fake.streams[0].closed
         ws.send_json({"input": "again"})
+        again = ws.receive_json()
+        assert again["type"] == "start" and assert_run_id(again["run_id"]) != run_id
         assert ws.receive_json() == {"type": "text", "content": "next turn"}
-        assert ws.receive_json()["type"] == "done"
+        done = ws.receive_json()
+        assert done["type"] == "done" and done["run_id"] == again["run_id"]
 
 
 async def test_python_api_run_returns_the_final_answer(kind: str) -> None:

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import Receive
 
-from ._turn import AnyioTurn, Turn
-from .exceptions import Overloaded, RunCancelled, RunTimeout, ShuttingDown
+from ..exceptions import Overloaded, RunCancelled, RunTimeout, ShuttingDown
+from .turn import AnyioTurn, Turn
 
 if TYPE_CHECKING:
-    from ._context import Limits
+    from .._context import Limits
 
 __all__ = ["ARM_AFTER", "RunGuard", "drain_all", "drain_on_signals"]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ import anyio
 from starlette.types import Receive
 
 if TYPE_CHECKING:
-    from ._guard import RunGuard
+    from .guard import RunGuard
 
 __all__ = ["AnyioTurn", "Turn"]
 
@@ -53,6 +54,7 @@ class Turn:
         "deadline",
         "disconnected",
         "guard",
+        "on_disconnect",
         "receive",
         "started",
         "stopped",
@@ -71,6 +73,8 @@ class Turn:
         self.deadline = math.inf
         self.armed = self.disconnected = self.stopped = self.cancelled_caught = False
         self.watcher: asyncio.Task[None] | None = None
+        # called when the client leaves, instead of ending the turn at once
+        self.on_disconnect: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._cancel = _NONE
         self._shields = 0
@@ -120,6 +124,11 @@ class Turn:
                 assert self._task is not None
                 self._cancel = _DELIVERED
                 self._task.cancel()
+
+    def drop(self) -> None:
+        """End the turn because nobody is left to answer: it ends quietly."""
+        self.disconnected = True
+        self.cancel()
 
     def stop(self) -> None:
         """End the turn at its client's request (`RunCancelled`), unless it is ending already."""
@@ -218,5 +227,7 @@ class _Shield:
 async def _watch(turn: Turn, receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    turn.disconnected = True
-    turn.cancel()
+    if turn.on_disconnect is not None:
+        turn.on_disconnect()
+    else:
+        turn.drop()

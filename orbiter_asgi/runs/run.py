@@ -1,0 +1,416 @@
+"""One chat turn, from request to stored history.
+
+Every transport (JSON, SSE, WebSocket) runs a turn with `Run.drive(emit)`,
+in the task that sends its events; none talks to the store or the agent
+itself. `drive` admits the turn against the app's concurrency limit, bounds
+its wall-clock time, ends it when the process drains or the client leaves,
+and closes the agent's stream in that same task, so the history is written
+and the session lock released where they were taken. With a session the
+turn holds the session's lock, loads its history, stores the user message
+before the agent starts and what the agent produced when it ends, whether
+it finished, failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.types import Receive
+
+from .._sse import done_frame, frame, text_frames
+from ..exceptions import AgentError, OrbiterError, RunCancelled
+from ..models import (
+    ChatRequest,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    Message,
+    RunError,
+    RunInfo,
+    StartEvent,
+    TextEvent,
+    ToolCall,
+    ToolCallEvent,
+    ToolResultEvent,
+    Usage,
+)
+from ..registry import RegisteredAgent
+from ..runtime.loop import AgentEvent, tool_message
+from .turn import Turn
+
+if TYPE_CHECKING:
+    from .._context import AppContext
+
+__all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
+
+RunItem = Event | list[str]
+"""What a run emits: an event, or a list of text deltas that were ready together."""
+
+def as_agent_error(exc: Exception, agent_name: str) -> OrbiterError:
+    """Any failure of a run as an `OrbiterError` fit for a client."""
+    if isinstance(exc, OrbiterError):
+        return exc
+    error = AgentError(f"Agent {agent_name!r} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class _Transcript:
+    """Turns the agent's events into history messages, usage and steps, as they come.
+
+    The output is the text after the last tool result: the text of the last
+    assistant message, which `flush()` closes at the end.
+    """
+
+    __slots__ = ("calls", "keep_messages", "messages", "steps", "text", "usage")
+
+    def __init__(self, *, keep_messages: bool = True) -> None:
+        self.keep_messages = keep_messages  # only a session stores them
+        self.messages: list[Message] = []
+        self.text: list[str] = []
+        self.calls: list[ToolCall] = []
+        self.usage = Usage()
+        self.steps = 0  # one `Usage` per model call
+
+    def record(self, event: AgentEvent) -> None:
+        kind = type(event)
+        if kind is TextEvent:
+            self.text.append(event.content)  # type: ignore[union-attr]
+        elif kind is Usage:
+            self.usage += event  # type: ignore[operator]
+            self.steps += 1
+        elif kind is ToolCallEvent:
+            self.calls.append(ToolCall(id=event.id, name=event.name, arguments=event.arguments))  # type: ignore[union-attr]
+        elif kind is ToolResultEvent:
+            self.tool_result(event)  # type: ignore[arg-type]
+
+    def flush(self) -> str:
+        """Close the assistant message being written; returns its text."""
+        text = "".join(self.text)
+        if self.text or self.calls:
+            if self.keep_messages:
+                self.messages.append(Message(role="assistant", content=text, tool_calls=self.calls or None))
+            self.text.clear()  # in place: the run holds on to this list
+            self.calls = []
+        return text
+
+    def tool_result(self, event: ToolResultEvent) -> None:
+        self.flush()
+        if self.keep_messages:
+            self.messages.append(tool_message(event))
+
+
+Emit = Callable[[RunItem, bytes], Awaitable[None]]
+"""Where a transport takes the items of a run as they come, each with its
+SSE frames, as journaled."""
+
+
+class Run:
+    """A turn of `agent` on `input`, optionally within a session.
+
+    Everything a streamed run emits is framed here, as SSE, appended to the
+    store's run journal, then handed to the transport: the journal is the
+    run's one account, which any client, on any worker, can follow.
+    """
+
+    __slots__ = (
+        "_grace",
+        "_stopped",
+        "_turn",
+        "agent",
+        "background",
+        "context",
+        "detached_at",
+        "final",
+        "head",
+        "id",
+        "info",
+        "input",
+        "journal",
+        "result",
+        "seq",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        context: AppContext,
+        agent: RegisteredAgent,
+        input: str,
+        session_id: str | None,
+        *,
+        background: bool = False,
+    ) -> None:
+        self.context = context
+        self.agent = agent
+        self.input = input
+        self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
+        self.background = background  # no disconnect cancels it
+        # 128 random bits, URL-safe: unique across processes, and unguessable, since
+        # a run id is all it takes to follow or cancel the run
+        self.id = secrets.token_urlsafe(16)
+        self.head = b"id: %b:" % self.id.encode()  # of every SSE frame of the run
+        self.seq = 0  # frames so far
+        self.journal = context.store.runs
+        self.info: RunInfo | None = None  # once opened
+        self._turn: Turn | None = None  # while it runs
+        self._stopped = False
+        self._grace: asyncio.TimerHandle | None = None
+        self.detached_at: float | None = None  # when the transport lost its client
+        # what the turn produced, once the agent's stream is closed: also after a
+        # failure or a cancel, for a transport that ends every turn with `done`
+        self.result: DoneEvent | None = None
+        self.final = b""  # the last frames: `done` or `error`, then `[DONE]`
+
+    async def open(self, *, idempotency_key: str | None = None, fingerprint: str = "") -> RunInfo:
+        """Record the run in the journal; returns the run to serve: this one, or
+        the one an earlier request with the same `idempotency_key` started."""
+        self.info = RunInfo(id=self.id, agent_name=self.agent.name, session_id=self.session_id)
+        return await self.journal.start(self.info, idempotency_key=idempotency_key, fingerprint=fingerprint)
+
+    async def drive(self, emit: Emit | None = None, receive: Receive | None = None) -> DoneEvent | None:
+        """Run the turn to its end under the app's guard; returns its `done` event.
+
+        `emit` gets the `start` event first, then every text, tool call and
+        tool result as it comes (text deltas that were ready together as one
+        list of strings); `done` is returned, not emitted, and the run's last
+        frames are in `final`. Failures raise `OrbiterError`: `Overloaded`,
+        `RunTimeout` or `ShuttingDown` when the guard refuses or cuts the
+        turn, `RunCancelled` after `cancel()`. Errors raised by `emit` itself
+        (a transport's) pass through unchanged.
+
+        A transport whose client leaves calls `detach()`; with `receive`, a
+        disconnect does that by itself. The run then goes on for the app's
+        `disconnect_grace` and ends then (None is returned) unless a client
+        follows it again; a background run is never ended so.
+
+        The run is pushed to the transport rather than pulled from it: the
+        turn costs one coroutine, not a generator per layer.
+        """
+        if self.info is None:
+            await self.open()
+        try:
+            await self._start(emit)  # first, whatever comes next: a stream begins with `start`
+            done = await self._drive_guarded(emit, receive)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._end(None, exc)
+            raise
+        await self._end(done, None)
+        return done
+
+    async def _drive_guarded(self, emit: Emit | None, receive: Receive | None) -> DoneEvent | None:
+        if self._stopped:
+            raise RunCancelled("The turn was cancelled")
+        with self.context.guard.running(receive) as turn:
+            self._turn = turn
+            turn.on_disconnect = self.detach
+            self.journal.watch(self.id, self.cancel)
+            try:
+                if self.session_id is None:
+                    return await self._drive(turn, [], emit)
+                store = self.context.store
+                async with store.lock(self.session_id):
+                    history = await store.history(self.session_id, agent_name=self.agent.name)
+                    await store.append(self.session_id, [Message(role="user", content=self.input)])
+                    return await self._drive(turn, history, emit)
+            finally:
+                self._turn = None
+                self.journal.unwatch(self.id)
+                if self._grace is not None:
+                    self._grace.cancel()
+        return None  # the client went away: the turn was cancelled and is over
+
+    async def _start(self, emit: Emit | None) -> None:
+        start = self.start_event()
+        chunk = frame(self.head, 1, start)
+        self.seq = 1
+        limit = self.context.limits.max_run_journal_bytes
+        await self.journal.append_chunk(self.id, chunk, 1, max_bytes=limit)
+        if emit is not None:
+            await emit(start, chunk)
+
+    async def _end(self, done: DoneEvent | None, exc: BaseException | None) -> None:
+        """Write the run's end to the journal: its record and its last frames."""
+        assert self.info is not None
+        last: DoneEvent | ErrorEvent
+        if done is not None:
+            last, status, error = done, "completed", None
+        else:
+            if exc is None:
+                exc = RunCancelled("The run was cancelled: its client went away")
+            last = self.error_event(exc)
+            status = "cancelled" if last.code == "cancelled" else "failed"
+            error = RunError(code=last.code, message=last.error)
+        result = self.result or DoneEvent(
+            run_id=self.id, agent_name=self.agent.name, session_id=self.session_id
+        )
+        ended = RunInfo(
+            id=self.id,
+            agent_name=self.agent.name,
+            session_id=self.session_id,
+            status=status,  # type: ignore[arg-type]
+            created_at=self.info.created_at,
+            ended_at=datetime.now(UTC),
+            output=result.output,
+            steps=result.steps,
+            usage=result.usage,
+            error=error,
+        )
+        frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
+        self.seq += 2
+        self.final = frames[0] + frames[1]
+        limits = self.context.limits
+        await self.journal.finish(
+            ended, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
+        )
+
+    def start_event(self) -> StartEvent:
+        return StartEvent(run_id=self.id, agent_name=self.agent.name, session_id=self.session_id)
+
+    def error_event(self, exc: BaseException) -> ErrorEvent:
+        """How a failure of this run reads in a stream."""
+        if isinstance(exc, asyncio.CancelledError | anyio.get_cancelled_exc_class()):
+            return ErrorEvent(run_id=self.id, error="The run was cancelled", code="cancelled")
+        error = as_agent_error(exc, self.agent.name) if isinstance(exc, Exception) else None
+        if error is None:
+            return ErrorEvent(run_id=self.id, error=f"Agent {self.agent.name!r} failed", code="agent_error")
+        return ErrorEvent(run_id=self.id, error=error.message, code=error.code)
+
+    def cancel(self) -> None:
+        """Stop the turn at a client's request, from another task: `drive`
+        raises `RunCancelled`, after storing what the agent had produced.
+        A run not started yet raises it at once; one that has ended ignores it."""
+        self._stopped = True
+        if self._turn is not None:
+            self._turn.stop()
+
+    def detach(self) -> None:
+        """The transport lost its client: end the run after the app's
+        `disconnect_grace` unless a client follows it by then (any worker's,
+        through the journal); a background run goes on regardless."""
+        turn = self._turn
+        if self.detached_at is not None or turn is None:
+            return
+        self.detached_at = time.time()
+        if self.background:
+            return
+        grace = self.context.limits.disconnect_grace
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: no timer to wait with
+            loop = None
+        if grace <= 0 or loop is None:
+            turn.drop()
+            return
+
+        def grace_over() -> None:
+            _keep(loop.create_task(self._end_unless_followed(turn)))
+
+        self._grace = loop.call_later(grace, grace_over)
+
+    async def _end_unless_followed(self, turn: Turn) -> None:
+        assert self.detached_at is not None
+        if self._turn is turn and not await self.journal.touched_since(self.id, self.detached_at):
+            turn.drop()
+
+    async def _drive(self, turn: Turn, history: list[Message], emit: Emit | None) -> DoneEvent:
+        agent = self.agent
+        transcript = _Transcript(keep_messages=self.session_id is not None)
+        record = transcript.record
+        text = transcript.text
+        stream = agent.stream(self.input, history)
+        journal = self.journal
+        max_bytes = self.context.limits.max_run_journal_bytes
+        head = self.head
+        emitting = False  # whether an error comes from `emit`, not from the agent
+        try:
+            async for item in stream:
+                if type(item) is list:  # text deltas that were ready together stay together
+                    text += item
+                    if emit is not None:
+                        chunk = text_frames(head, self.seq + 1, item)
+                        self.seq += len(item)
+                        await journal.append_chunk(self.id, chunk, len(item), max_bytes=max_bytes)
+                        emitting = True
+                        await emit(item, chunk)
+                        emitting = False
+                else:
+                    record(item)  # type: ignore[arg-type]
+                    if type(item) is not Usage and emit is not None:  # usage is summed into `done`
+                        self.seq += 1
+                        chunk = frame(head, self.seq, item)  # type: ignore[arg-type]
+                        await journal.append_chunk(self.id, chunk, 1, max_bytes=max_bytes)
+                        emitting = True
+                        await emit(item, chunk)  # type: ignore[arg-type]
+                        emitting = False
+        except Exception as exc:
+            if emitting:
+                raise
+            raise as_agent_error(exc, agent.name) from exc
+        finally:
+            try:
+                await stream.aclose()  # type: ignore[attr-defined]
+            finally:  # even when closing the agent fails or is cancelled
+                self.result = DoneEvent(
+                    run_id=self.id,
+                    output=transcript.flush(),
+                    agent_name=agent.name,
+                    session_id=self.session_id,
+                    steps=transcript.steps,
+                    usage=transcript.usage,
+                )
+                if self.session_id is not None and transcript.messages:
+                    with turn.shielded():
+                        await self.context.store.append(self.session_id, transcript.messages)
+        if self.result.steps == 0:  # an agent that reports no usage still took a step
+            self.result.steps = 1
+        return self.result
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    """Hold a fire-and-forget task until it is done (the loop keeps only weak references)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def start_run(
+    context: AppContext,
+    agent_name: str | None,
+    input: str,
+    session_id: str | None,
+    *,
+    source: str = "body",
+    background: bool = False,
+) -> Run:
+    """A run of the named (or default) agent; raises before anything is sent.
+
+    `source` (`body` or `query`) is where a too-long `input` is reported.
+    """
+    context.limits.check_input(input, source)
+    run = Run(context, context.agents.resolve(agent_name), input, session_id, background=background)
+    context.guard.admit()  # a 503 now, rather than an error event once streaming
+    return run
+
+
+def start_chat(context: AppContext, request: ChatRequest) -> Run:
+    """`start_run` for a `ChatRequest` (of `POST /chat` or a WebSocket turn).
+
+    A too-long `message`, the original name of `input`, is refused even when
+    `input` is sent too and wins.
+    """
+    if request.message is not None and request.message is not request.input:
+        context.limits.check_input(request.message, field="message")
+    assert request.input is not None  # the struct fills it from `message`
+    return start_run(
+        context, request.agent_name, request.input, request.session_id, background=request.background
+    )
