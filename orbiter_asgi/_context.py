@@ -168,7 +168,12 @@ class AppContext:
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` (a background run) in a task of its own; the guard's
         drain ends it with the others at shutdown."""
-        task = asyncio.get_running_loop().create_task(work)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: nothing would own the task
+            work.close()
+            raise RequestError("Background runs need an asyncio server (uvicorn, hypercorn)") from None
+        task = loop.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

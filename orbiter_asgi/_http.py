@@ -150,7 +150,9 @@ class Endpoint:
         try:
             await self.handle(scope, receive, send)
         except OrbiterError as exc:
-            extra = [(b"retry-after", b"1")] if exc.status_code == 503 else None
+            extra = [(b"retry-after", b"1")] if exc.status_code == 503 else []
+            if exc.run_id is not None:
+                extra.append((b"x-run-id", exc.run_id.encode()))
             await send_json(send, error_body(exc), exc.status_code, extra)
         except Exception:
             # a bug: answer like Starlette's ServerErrorMiddleware would (the app may

@@ -112,7 +112,11 @@ class ChatEndpoint(Endpoint):
             headers = [(b"location", location.encode()), (b"x-run-id", run.id.encode())]
             await send_json(send, encode(RunAccepted(run_id=run.id)), 202, headers)
         else:
-            done = await run.drive(receive=receive)
+            try:
+                done = await run.drive(receive=receive)
+            except OrbiterError as exc:
+                exc.run_id = run.id
+                raise
             if done is not None:  # else the client went away; nobody is left to answer
                 await _send_chat_response(send, done)
 

@@ -55,6 +55,7 @@ class OrbiterError(Exception):
 
     status_code: int = 500
     code: str = "internal_error"
+    run_id: str | None = None  # the run it ended, answered as `X-Run-Id`
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)

@@ -12,7 +12,10 @@ Cancels travel through the journal too: `cancel()` marks the run, and the
 process that runs it learns through `watch()`. A shared journal also holds
 a lease on each run, renewed by the process that runs it while it watches
 the run; a run whose lease ran out (its worker was killed) is ended by the
-next reader as `failed`, code `worker_lost` (`worker_lost()`).
+next reader as `failed`, code `worker_lost` (`worker_lost()`). A lease lasts
+`LEASE_TTL` seconds unless the store's URL says otherwise (`?run_lease=10`):
+what counts is the setting of the process that runs the run, which writes
+the lease; a reader only compares it with the clock.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ __all__ = [
 ]
 
 LEASE_TTL = 10.0
-"""Seconds a run's lease lasts unless its process renews it (every third of that)."""
+"""Seconds a run's lease lasts unless its process renews it (every third of that);
+the default of a store's `?run_lease=`."""
 
 
 class JournalGone(OrbiterError):

@@ -15,7 +15,9 @@ Writes carry a token that makes them safe to repeat: a command retried
 after a dropped connection is not applied twice.
 
 URL options: `?prefix=orbiter:`, `?timeout=5` (socket timeouts),
-`?lock_ttl=30`, `?lock_wait=300`; other query options go to redis-py.
+`?lock_ttl=30`, `?lock_wait=300`, `?run_lease=10` (seconds a run whose
+worker died stays `running` at most, before a reader ends it as
+`worker_lost`); other query options go to redis-py.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-_OPTIONS = ("prefix", "timeout", "lock_ttl", "lock_wait")
+_OPTIONS = ("prefix", "timeout", "lock_ttl", "lock_wait", "run_lease")
 _FIELDS = ("agent", "metadata", "created_at", "updated_at", "title")
 _RETRY_DEDUPE_MS = 120_000
 
@@ -217,6 +219,9 @@ class RedisStore:
         timeout: seconds to wait for Redis (connect and each reply) before a 503.
         lock_ttl: seconds a crashed worker's turn lock outlives it at most.
         lock_wait: seconds a turn waits for a busy session before a 503.
+        run_lease: seconds the lease of a run this process runs lasts
+            unless renewed (every third of that); a run whose worker died is
+            ended as `worker_lost` by a reader after at most that long.
         options: passed to `redis.asyncio.Redis.from_url`.
     """
 
@@ -228,6 +233,7 @@ class RedisStore:
         timeout: float | None = None,
         lock_ttl: float | None = None,
         lock_wait: float | None = None,
+        run_lease: float | None = None,
         **options: Any,
     ) -> None:
         self.url, ours = split_options(url, _OPTIONS)
@@ -246,7 +252,14 @@ class RedisStore:
         )
         self._index = self.prefix + "idx"
         self._agents = self.prefix + "a:"
-        self._journal = RedisJournal(self._call, self._script, prefix=self.prefix, timeout=self.timeout)
+        lease = run_lease if run_lease is not None else ours.get("run_lease")
+        self._journal = RedisJournal(
+            self._call,
+            self._script,
+            prefix=self.prefix,
+            timeout=self.timeout,
+            lease=float(lease) if lease is not None else None,
+        )
         self.runs: RunJournal = self._journal
 
     def __repr__(self) -> str:

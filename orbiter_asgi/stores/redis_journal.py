@@ -11,7 +11,8 @@ an idempotency key (`ik:{key}`) holding the fingerprint and the run id.
 
 Every write that checks and changes is one Lua script. Times that decide
 a lease come from the Redis server's clock, so workers' clocks may
-disagree. While a run runs its keys expire `retention` after its lease
+disagree. A lease lasts the store's `?run_lease=` (default `LEASE_TTL`)
+and is renewed every third of that. While a run runs its keys expire `retention` after its lease
 would, so a run whose worker died and that nobody reads is not kept
 forever; `finish` (or the reader that finds the lease lapsed) sets them
 to expire `retention` after the end.
@@ -51,8 +52,6 @@ POLL_INTERVAL = 0.2
 
 DEFAULT_RETENTION = 600.0
 """Seconds a run ended by a lapsed lease is kept: `finish` never told its retention."""
-
-_LEASE_MS = int(LEASE_TTL * 1000)
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -265,17 +264,28 @@ class RedisJournal:
         script: runs one of `SCRIPTS` by name, as the store registered it.
         prefix: the store's key prefix.
         timeout: the store's socket timeout; a blocking read waits less than that at a time.
+        lease: seconds the lease of a run this process runs lasts unless
+            renewed; None: `LEASE_TTL`.
     """
 
-    def __init__(self, call: Call, script: Script, *, prefix: str, timeout: float) -> None:
+    def __init__(
+        self, call: Call, script: Script, *, prefix: str, timeout: float, lease: float | None = None
+    ) -> None:
+        assert lease is None or lease > 0
         self._call = call
         self._script = script
         self._prefix = prefix
+        self._lease = lease
         # a BLOCK as long as the socket timeout would read as a dead connection
         self._block = max(0.05, min(timeout - 1.0, timeout / 2))
         self._watchers: dict[str, Callable[[], None]] = {}
         self._cancelled: set[str] = set()  # watched runs whose `on_cancel` was called
         self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def lease(self) -> float:
+        # read when used, not copied at construction: `LEASE_TTL` is patched in tests
+        return self._lease if self._lease is not None else LEASE_TTL
 
     def _keys(self, run_id: str) -> tuple[str, str]:
         return f"{self._prefix}r:{run_id}", f"{self._prefix}rf:{run_id}"
@@ -298,7 +308,7 @@ class RedisJournal:
             info.id,
             _encode(info),
             fingerprint,
-            _LEASE_MS,
+            _ms(self.lease),
             _ms(DEFAULT_RETENTION),
             f"{self._prefix}r:",
         )
@@ -406,10 +416,11 @@ class RedisJournal:
             run_ids = list(self._watchers)
             if not run_ids:
                 break
-            renew = time.monotonic() - renewed >= LEASE_TTL / 3
+            lease = self.lease
+            renew = time.monotonic() - renewed >= lease / 3
             keys = [key for run_id in run_ids for key in self._keys(run_id)]
             try:
-                flags = await self._script("run_poll", keys, (_LEASE_MS if renew else "",))
+                flags = await self._script("run_poll", keys, (_ms(lease) if renew else "",))
             except StoreError:
                 continue  # Redis is away: look again; a lease lapses only after several misses
             if renew:

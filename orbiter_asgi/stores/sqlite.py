@@ -13,7 +13,9 @@ upgrades it, a newer or foreign one is refused with a 503.
 
 URL: `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`, with
 options `?timeout=5` (seconds to wait for a busy file), `?pool=4`,
-`?synchronous=NORMAL|FULL`, `?lock_ttl=30` and `?lock_wait=300` (turn lock).
+`?synchronous=NORMAL|FULL`, `?lock_ttl=30` and `?lock_wait=300` (turn lock),
+`?run_lease=10` (seconds a run whose worker died stays `running` at most,
+before a reader ends it as `worker_lost`).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait")
+_OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait", "run_lease")
 _SESSION_COLUMNS = "id, agent_name, title, metadata, message_count, created_at, updated_at"
 
 _process_ids: dict[int, str] = {}
@@ -241,6 +243,9 @@ class SQLiteStore:
         synchronous: `NORMAL` (survives process crashes) or `FULL` (also power loss).
         lock_ttl: seconds a crashed worker's turn lock outlives it at most.
         lock_wait: seconds a turn waits for a busy session before a 503.
+        run_lease: seconds the lease of a run this process runs lasts
+            unless renewed (every third of that); a run whose worker died is
+            ended as `worker_lost` by a reader after at most that long.
     """
 
     def __init__(
@@ -252,6 +257,7 @@ class SQLiteStore:
         synchronous: str | None = None,
         lock_ttl: float | None = None,
         lock_wait: float | None = None,
+        run_lease: float | None = None,
     ) -> None:
         _, options = split_options(url, _OPTIONS)
         self.path = _path_of(url)
@@ -272,7 +278,10 @@ class SQLiteStore:
             ttl=float(lock_ttl if lock_ttl is not None else options.get("lock_ttl", 30.0)),
             wait=float(lock_wait if lock_wait is not None else options.get("lock_wait", 300.0)),
         )
-        self._journal = SQLiteJournal(self._run, _Transaction)
+        lease = run_lease if run_lease is not None else options.get("run_lease")
+        self._journal = SQLiteJournal(
+            self._run, _Transaction, lease=float(lease) if lease is not None else None
+        )
         self.runs: RunJournal = self._journal
 
     def __repr__(self) -> str:

@@ -5,7 +5,8 @@ can serve `GET /runs/{id}/events` or cancel a run another one runs. SQLite
 cannot notify, so this side polls: a reader that waits for frames queries
 every few tens of milliseconds, and one task per store checks the runs it
 watches for cancels every `_CANCEL_POLL` seconds, renewing their leases
-on the way. The tables are made by `MIGRATIONS` in `sqlite.py`; the store
+on the way (a lease lasts the store's `?run_lease=`, default `LEASE_TTL`, and
+is renewed every third of that). The tables are made by `MIGRATIONS` in `sqlite.py`; the store
 hands this journal its thread-pool runner and its transaction class rather
 than this module importing them, which would be a circle.
 
@@ -188,14 +189,23 @@ class SQLiteJournal:
     Parameters:
         run: the store's runner, `fn(conn, *args)` in a worker thread.
         transaction: the store's transaction context manager.
+        lease: seconds the lease of a run this process runs lasts unless
+            renewed; None: `LEASE_TTL`.
     """
 
-    def __init__(self, run: Runner, transaction: Transaction) -> None:
+    def __init__(self, run: Runner, transaction: Transaction, *, lease: float | None = None) -> None:
+        assert lease is None or lease > 0
         self._run = run
         self._transaction = transaction
+        self._lease = lease
         self._watchers: dict[str, Callable[[], None]] = {}
         self._notified: set[str] = set()  # watched runs whose `on_cancel` was called
         self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def lease(self) -> float:
+        # read when used, not copied at construction: `LEASE_TTL` is patched in tests
+        return self._lease if self._lease is not None else LEASE_TTL
 
     # --- runs ------------------------------------------------------------------------
 
@@ -233,7 +243,7 @@ class SQLiteJournal:
                         return _end_lost(conn, run_id, run, now)  # the repeat attaches to its end
                     else:
                         return _decode_info(run.info)
-            lease_until = now + _micros(LEASE_TTL)
+            lease_until = now + _micros(self.lease)
             conn.execute(
                 "INSERT INTO runs (id, info, status, idempotency_key, fingerprint, "
                 "lease_until, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -268,7 +278,7 @@ class SQLiteJournal:
                 return
             count, size, dropped = _add_frames(conn, run_id, run, frames, max_bytes)
             # frames show the worker alive: its lease lasts at least as long as a renewal's
-            lease_until = max(run.lease_until, _now() + _micros(LEASE_TTL))
+            lease_until = max(run.lease_until, _now() + _micros(self.lease))
             conn.execute(
                 "UPDATE runs SET count = ?, size = ?, dropped = ?, lease_until = ?, expires_at = ? "
                 "WHERE id = ?",
@@ -386,12 +396,15 @@ class SQLiteJournal:
         renewed = time.monotonic()
         while self._watchers:
             await asyncio.sleep(_CANCEL_POLL)
-            renew = time.monotonic() - renewed >= LEASE_TTL / 3
+            lease = self.lease
+            renew = time.monotonic() - renewed >= lease / 3
             if not renew and self._notified.issuperset(self._watchers):
                 continue  # every watched run was told already: nothing to ask
             started = time.monotonic()
             try:
-                flagged = await self._run(_poll_runs, self._transaction, list(self._watchers), renew)
+                flagged = await self._run(
+                    _poll_runs, self._transaction, list(self._watchers), lease if renew else None
+                )
             except StoreError:
                 continue  # the file is busy or gone for now: try again at the next tick
             if renew:
@@ -429,14 +442,15 @@ def _touched_at(conn: sqlite3.Connection, run_id: str) -> int | None:
 
 
 def _poll_runs(
-    conn: sqlite3.Connection, transaction: Transaction, run_ids: list[str], renew: bool
+    conn: sqlite3.Connection, transaction: Transaction, run_ids: list[str], lease: float | None
 ) -> list[str]:
-    """Renews the leases of the watched runs if `renew`; the ones to stop:
-    cancelled from anywhere, or ended by another process that found them lost."""
+    """Renews the leases of the watched runs for `lease` seconds (None: not now);
+    the ones to stop: cancelled from anywhere, or ended by another process
+    that found them lost."""
     flagged: list[str] = []
-    with transaction(conn, immediate=renew):
-        if renew:
-            lease_until = _now() + _micros(LEASE_TTL)
+    with transaction(conn, immediate=lease is not None):
+        if lease is not None:
+            lease_until = _now() + _micros(lease)
             expires_at = lease_until + _micros(LOST_RUN_RETENTION)
             conn.executemany(
                 "UPDATE runs SET lease_until = ?, expires_at = ? WHERE id = ? AND status = 'running'",
