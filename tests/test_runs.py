@@ -16,6 +16,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from orbiter_asgi import Agent, create_app
+from orbiter_asgi.stores.memory import MemoryStore
+from orbiter_asgi.stores.memory_journal import MemoryJournal
 from tests.helpers import client_for, http_scope
 
 pytestmark = pytest.mark.anyio
@@ -305,3 +307,36 @@ def test_a_websocket_resumes_a_run_from_another_connection() -> None:
             missing = [second.receive_json(), second.receive_json()]
     assert resumed == events[2:]
     assert missing[0]["code"] == "not_found" and missing[1]["type"] == "done"
+
+
+async def test_a_cancel_during_a_slow_journal_write_leaves_no_gap() -> None:
+    class SlowJournal(MemoryJournal):
+        """A shared store's journal, as far as timing goes: the write lands, its answer is late."""
+
+        async def append_chunk(self, run_id: str, chunk: bytes, count: int, *, max_bytes: int) -> None:
+            await super().append_chunk(run_id, chunk, count, max_bytes=max_bytes)
+            await anyio.sleep(0.03)
+
+    store = MemoryStore()
+    store.runs = SlowJournal()
+    app = create_app(agents=[Counting()], store=store)
+    async with client_for(app) as client:
+        streamed: list[httpx.Response] = []
+
+        async def stream() -> None:
+            body = {"input": WORDS, "stream": True, "session_id": "slow"}
+            streamed.append(await client.post("/chat", json=body))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(stream)
+            await anyio.sleep(0.1)  # a few words in, most likely mid-write
+            run_id = next(iter(store.runs._entries))
+            await client.post(f"/runs/{run_id}/cancel")
+        replay = await client.get(f"/runs/{run_id}/events")
+        history = (await client.get("/sessions/slow/messages")).json()
+    live = _frames(streamed[0].content)
+    assert [_seq(f) for f in live] == list(range(1, len(live) + 1))  # no gap
+    assert streamed[0].content == replay.content
+    texts = [json.loads(f.split(b"data: ", 1)[1]) for f in live[1:-2]]
+    assert "".join(t["content"] for t in texts) == history[1]["content"]
+    assert json.loads(live[-2].split(b"data: ", 1)[1])["code"] == "cancelled"

@@ -14,8 +14,9 @@ it finished, failed or was cancelled.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 import time
+from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -120,6 +121,7 @@ class Run:
     """
 
     __slots__ = (
+        "_appending",
         "_grace",
         "_stopped",
         "_turn",
@@ -154,7 +156,7 @@ class Run:
         self.background = background  # no disconnect cancels it
         # 128 random bits, URL-safe: unique across processes, and unguessable, since
         # a run id is all it takes to follow or cancel the run
-        self.id = secrets.token_urlsafe(16)
+        self.id = urlsafe_b64encode(os.urandom(16))[:22].decode()
         self.head = b"id: %b:" % self.id.encode()  # of every SSE frame of the run
         self.seq = 0  # frames so far
         self.journal = context.store.runs
@@ -162,6 +164,7 @@ class Run:
         self._turn: Turn | None = None  # while it runs
         self._stopped = False
         self._grace: asyncio.TimerHandle | None = None
+        self._appending: bytes | None = None  # frames being journaled
         self.detached_at: float | None = None  # when the transport lost its client
         # what the turn produced, once the agent's stream is closed: also after a
         # failure or a cancel, for a transport that ends every turn with `done`
@@ -196,7 +199,8 @@ class Run:
         if self.info is None:
             await self.open()
         try:
-            await self._start(emit)  # first, whatever comes next: a stream begins with `start`
+            if emit is not None:  # first, whatever comes next: a stream begins with `start`
+                await self._start(emit)
             done = await self._drive_guarded(emit, receive)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -227,14 +231,13 @@ class Run:
                     self._grace.cancel()
         return None  # the client went away: the turn was cancelled and is over
 
-    async def _start(self, emit: Emit | None) -> None:
+    async def _start(self, emit: Emit) -> None:
         start = self.start_event()
         chunk = frame(self.head, 1, start)
         self.seq = 1
         limit = self.context.limits.max_run_journal_bytes
         await self.journal.append_chunk(self.id, chunk, 1, max_bytes=limit)
-        if emit is not None:
-            await emit(start, chunk)
+        await emit(start, chunk)
 
     async def _end(self, done: DoneEvent | None, exc: BaseException | None) -> None:
         """Write the run's end to the journal: its record and its last frames."""
@@ -263,13 +266,37 @@ class Run:
             usage=result.usage,
             error=error,
         )
-        frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
+        unsent = await self._settle_append()
+        frames: list[bytes] = []
+        if not self.seq:  # a JSON run journals its `start` only now, with its end: nobody streamed it
+            self.seq = 1
+            frames.append(frame(self.head, 1, self.start_event()))
+        frames.append(frame(self.head, self.seq + 1, last))
+        frames.append(done_frame(self.head, self.seq + 2))
         self.seq += 2
-        self.final = frames[0] + frames[1]
+        self.final = unsent + frames[-2] + frames[-1]
         limits = self.context.limits
         await self.journal.finish(
             ended, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
         )
+
+    async def _settle_append(self) -> bytes:
+        """After an append cut short (a cancel while a shared journal wrote),
+        whether the journal kept its frames: their numbers stay taken and they
+        go out before the end; if not, their numbers are given back. Returns
+        what the client still needs to be sent."""
+        chunk, self._appending = self._appending, None
+        if chunk is None:
+            return b""
+        count = chunk.count(b"\n\n")
+        try:
+            piece = await self.journal.read(self.id, self.seq - count, wait=0)
+        except OrbiterError:  # dropped since, or the store is down: keep the numbers taken
+            return chunk
+        if piece is not None and piece.frames:
+            return chunk
+        self.seq -= count
+        return b""
 
     def start_event(self) -> StartEvent:
         return StartEvent(run_id=self.id, agent_name=self.agent.name, session_id=self.session_id)
@@ -337,7 +364,9 @@ class Run:
                     if emit is not None:
                         chunk = text_frames(head, self.seq + 1, item)
                         self.seq += len(item)
+                        self._appending = chunk
                         await journal.append_chunk(self.id, chunk, len(item), max_bytes=max_bytes)
+                        self._appending = None
                         emitting = True
                         await emit(item, chunk)
                         emitting = False
@@ -346,7 +375,9 @@ class Run:
                     if type(item) is not Usage and emit is not None:  # usage is summed into `done`
                         self.seq += 1
                         chunk = frame(head, self.seq, item)  # type: ignore[arg-type]
+                        self._appending = chunk
                         await journal.append_chunk(self.id, chunk, 1, max_bytes=max_bytes)
+                        self._appending = None
                         emitting = True
                         await emit(item, chunk)  # type: ignore[arg-type]
                         emitting = False

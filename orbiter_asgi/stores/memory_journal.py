@@ -15,7 +15,7 @@ __all__ = ["MemoryJournal"]
 
 # Ended runs kept at most, whatever their retention: at thousands of runs a
 # second, ten minutes of them would otherwise hold the process's memory.
-MAX_ENDED_RUNS = 50_000
+MAX_ENDED_RUNS = 10_000
 
 
 class _Entry:
