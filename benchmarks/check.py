@@ -5,6 +5,11 @@ Every benchmarked route is called with httpx (and the `websockets` client for
 input, SSE ids count up and the stream ends with `[DONE]`, each WebSocket
 turn ends with `done`) and then compared across targets, so a fast target
 that answers something else is caught.
+
+The peers speak the streaming contract as it was before runs (`id: N`, no
+`start` event, no `run_id`); orbiter_asgi speaks it with them (`id:
+<run_id>:N`, a `start` first, `run_id` in `done` and in JSON answers). Both
+pass, and answers are compared with the run's marks taken out.
 """
 
 from __future__ import annotations
@@ -35,18 +40,30 @@ def _sse(response: httpx.Response, input: str) -> list[Any]:
     _expect(media.startswith("text/event-stream"), f"SSE content-type {media!r}")
     _expect(response.headers.get("cache-control") == "no-cache", "SSE without Cache-Control: no-cache")
     blocks = [b for b in response.text.split("\n\n") if b]
-    _expect(blocks[-1] == "data: [DONE]", "SSE stream does not end with data: [DONE]")
+    _expect(blocks[-1].endswith("data: [DONE]"), "SSE stream does not end with data: [DONE]")
+    run_id = response.headers.get("x-run-id")
+    head = f"id: {run_id}:" if run_id else "id: "
     events: list[Any] = []
     for expected_id, block in enumerate(blocks[:-1], start=1):
         lines = block.split("\n")
-        _expect(lines[0] == f"id: {expected_id}", f"SSE event {expected_id} has {lines[0]!r}")
+        _expect(lines[0] == f"{head}{expected_id}", f"SSE event {expected_id} has {lines[0]!r}")
         _expect(len(lines) == 2 and lines[1].startswith("data: "), f"SSE block {block!r}")
         events.append(json.loads(lines[1][len("data: ") :]))
+    if run_id:
+        _expect(blocks[-1] == f"{head}{len(blocks)}\ndata: [DONE]", "[DONE] without the next id")
+        _expect(events[0] == {"type": "start", "run_id": run_id, "agent_name": AGENT, "session_id": None},
+                "SSE stream does not begin with start")
+        events = _unmarked(events[1:])
     _expect(all(e["type"] == "text" for e in events[:-1]), "SSE events before done are not text")
     _expect(events[-1]["type"] == "done", "SSE last event is not done")
     _expect("".join(e["content"] for e in events[:-1]) == input, "SSE text is not the input")
     _expect(events[-1]["output"] == input, "SSE done output is not the input")
     return events
+
+
+def _unmarked(events: list[Any]) -> list[Any]:
+    """Events (or answers) without their `run_id`, which only orbiter_asgi has."""
+    return [{k: v for k, v in event.items() if k != "run_id"} for event in events]
 
 
 def _ws_turns(url: str, inputs: list[str], session_id: str | None) -> list[list[Any]]:
@@ -58,9 +75,11 @@ def _ws_turns(url: str, inputs: list[str], session_id: str | None) -> list[list[
             for _ in range(10_000):
                 event = json.loads(socket.recv(timeout=10))
                 events.append(event)
-                if event["type"] in ("done", "error"):
+                if event["type"] == "done":
                     break
+            events = _unmarked([e for e in events if e["type"] != "start"])
             _expect(events[-1]["type"] == "done", f"WS turn ended with {events[-1]}")
+            _expect(all(e["type"] == "text" for e in events[:-1]), f"WS turn failed: {events}")
             _expect("".join(e["content"] for e in events[:-1]) == input, "WS text is not the input")
             turns.append(events)
     return turns
@@ -73,7 +92,7 @@ def answers(base_url: str, tag: str) -> dict[str, Any]:
         input20 = words(20)
         response = client.post("/chat", content=chat_body(20), headers={"content-type": "application/json"})
         _expect(response.status_code == 200, f"/chat status {response.status_code}: {response.text}")
-        body = response.json()
+        body = _unmarked([response.json()])[0]
         _expect(body["output"] == input20, "/chat output is not the input")
         _expect(body["usage"] == {"input_tokens": 20, "output_tokens": 20, "total_tokens": 40}, "usage")
         result["chat_json"] = body
@@ -98,7 +117,7 @@ def answers(base_url: str, tag: str) -> dict[str, Any]:
                 headers={"content-type": "application/json"},
             )
             _expect(response.status_code == 200, f"/chat session status {response.status_code}")
-            turn = response.json()
+            turn = _unmarked([response.json()])[0]
             _expect(turn["session_id"] == session_id, "/chat session_id not echoed")
             turn["session_id"] = "<session>"
             turns.append(turn)
