@@ -249,7 +249,7 @@ class RunError(Model, kw_only=True, gc=False):
     message: str
 
 
-class RunInfo(Model, kw_only=True):
+class RunInfo(Model, kw_only=True, gc=False):
     """`GET /runs/{run_id}`: a run, running or ended, as its journal keeps it."""
 
     id: str

@@ -48,7 +48,7 @@ from .turn import Turn
 if TYPE_CHECKING:
     from .._context import AppContext
 
-__all__ = ["Emit", "Run", "RunItem", "as_agent_error", "start_chat", "start_run"]
+__all__ = ["Emit", "Run", "RunItem", "as_agent_error", "new_run_id", "start_chat", "start_run"]
 
 RunItem = Event | list[str]
 """What a run emits: an event, or a list of text deltas that were ready together."""
@@ -107,6 +107,34 @@ class _Transcript:
             self.messages.append(tool_message(event))
 
 
+class _Entropy:
+    """The OS's random bytes, read 4 KiB at a time: one system call per 256 run ids."""
+
+    pool = b""
+    used = 0
+
+    @classmethod
+    def take(cls, size: int) -> bytes:
+        if cls.used + size > len(cls.pool):
+            cls.pool, cls.used = os.urandom(4096), 0
+        cls.used += size
+        return cls.pool[cls.used - size : cls.used]
+
+    @classmethod
+    def forget(cls) -> None:
+        cls.pool, cls.used = b"", 0
+
+
+# a forked worker must not hand out the ids its parent had in hand
+os.register_at_fork(after_in_child=_Entropy.forget)
+
+
+def new_run_id() -> str:
+    """128 random bits, URL-safe: unique across processes, and unguessable,
+    since a run id is all it takes to follow or cancel the run."""
+    return urlsafe_b64encode(_Entropy.take(16))[:22].decode()
+
+
 Emit = Callable[[RunItem, bytes], Awaitable[None]]
 """Where a transport takes the items of a run as they come, each with its
 SSE frames, as journaled."""
@@ -154,9 +182,7 @@ class Run:
         self.input = input
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.background = background  # no disconnect cancels it
-        # 128 random bits, URL-safe: unique across processes, and unguessable, since
-        # a run id is all it takes to follow or cancel the run
-        self.id = urlsafe_b64encode(os.urandom(16))[:22].decode()
+        self.id = new_run_id()
         self.head = b"id: %b:" % self.id.encode()  # of every SSE frame of the run
         self.seq = 0  # frames so far
         self.journal = context.store.runs
@@ -251,33 +277,21 @@ class Run:
             last = self.error_event(exc)
             status = "cancelled" if last.code == "cancelled" else "failed"
             error = RunError(code=last.code, message=last.error)
-        result = self.result or DoneEvent(
-            run_id=self.id, agent_name=self.agent.name, session_id=self.session_id
-        )
-        ended = RunInfo(
-            id=self.id,
-            agent_name=self.agent.name,
-            session_id=self.session_id,
-            status=status,  # type: ignore[arg-type]
-            created_at=self.info.created_at,
-            ended_at=datetime.now(UTC),
-            output=result.output,
-            steps=result.steps,
-            usage=result.usage,
-            error=error,
-        )
-        unsent = await self._settle_append()
-        frames: list[bytes] = []
-        if not self.seq:  # a JSON run journals its `start` only now, with its end: nobody streamed it
-            self.seq = 1
-            frames.append(frame(self.head, 1, self.start_event()))
-        frames.append(frame(self.head, self.seq + 1, last))
-        frames.append(done_frame(self.head, self.seq + 2))
-        self.seq += 2
-        self.final = unsent + frames[-2] + frames[-1]
+        info = self.info  # the record the journal was given at the start, now ended
+        info.status = status  # type: ignore[assignment]
+        info.ended_at = datetime.now(UTC)
+        if self.result is not None:
+            info.output, info.steps, info.usage = self.result.output, self.result.steps, self.result.usage
+        info.error = error
+        frames: list[bytes] | None = None  # a JSON run streamed nothing: its record says it all
+        if self.seq:
+            unsent = await self._settle_append() if self._appending is not None else b""
+            frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
+            self.seq += 2
+            self.final = unsent + frames[0] + frames[1]
         limits = self.context.limits
         await self.journal.finish(
-            ended, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
+            info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
         )
 
     async def _settle_append(self) -> bytes:

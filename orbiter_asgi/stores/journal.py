@@ -28,7 +28,7 @@ import msgspec
 
 from .._sse import done_frame, frame
 from ..exceptions import OrbiterError, RequestError
-from ..models import ErrorEvent, RunError, RunInfo
+from ..models import DoneEvent, ErrorEvent, RunError, RunInfo, StartEvent
 
 __all__ = [
     "LEASE_TTL",
@@ -37,6 +37,7 @@ __all__ = [
     "JournalSlice",
     "RunJournal",
     "frame_size",
+    "record_frames",
     "split_frames",
     "worker_lost",
 ]
@@ -78,6 +79,26 @@ def split_frames(chunk: bytes) -> list[bytes]:
     return [piece + b"\n\n" for piece in chunk.split(b"\n\n")[:-1]]
 
 
+def record_frames(info: RunInfo) -> list[bytes]:
+    """The whole stream of an ended run that streamed nothing, from its record:
+    `start`, its `done` (or `error`), `[DONE]`."""
+    head = b"id: %b:" % info.id.encode()
+    start = StartEvent(run_id=info.id, agent_name=info.agent_name, session_id=info.session_id)
+    last: DoneEvent | ErrorEvent
+    if info.error is None:
+        last = DoneEvent(
+            run_id=info.id,
+            output=info.output,
+            agent_name=info.agent_name,
+            session_id=info.session_id,
+            steps=info.steps,
+            usage=info.usage,
+        )
+    else:
+        last = ErrorEvent(run_id=info.id, error=info.error.message, code=info.error.code)
+    return [frame(head, 1, start), frame(head, 2, last), done_frame(head, 3)]
+
+
 def worker_lost(info: RunInfo, next_seq: int) -> tuple[RunInfo, list[bytes]]:
     """The end of a run whose process stopped renewing its lease: its record
     and its last frames (`error` of code `worker_lost`, then `[DONE]`), as
@@ -116,10 +137,12 @@ class RunJournal(Protocol):
         ...
 
     async def finish(
-        self, info: RunInfo, frames: Sequence[bytes], *, max_bytes: int, retention: float
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
         """Add the last frames (the final event and `[DONE]`) and the ended
-        record, at once; forget the run `retention` seconds later."""
+        record, at once; forget the run `retention` seconds later. `frames`
+        None is a run that streamed nothing (a JSON one): its frames are its
+        record's, `record_frames(info)`, made when they are first needed."""
         ...
 
     async def get(self, run_id: str) -> RunInfo | None:

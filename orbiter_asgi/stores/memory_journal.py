@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import anyio
 
 from ..models import RunInfo
-from .journal import IdempotencyMismatch, JournalGone, JournalSlice, split_frames
+from .journal import IdempotencyMismatch, JournalGone, JournalSlice, record_frames, split_frames
 
 __all__ = ["MemoryJournal"]
 
@@ -67,11 +68,27 @@ class _Entry:
         return self.dropped + sum(self.counts)
 
 
+class _Ended(NamedTuple):
+    """An ended run, as kept for its retention: a tuple of strings, numbers and
+    an untracked struct, which the garbage collector stops scanning. Thousands
+    of them are kept; as objects they made every full collection slower."""
+
+    info: RunInfo
+    frames: tuple[bytes, ...] | None  # the chunks kept; None: the record's (`record_frames`)
+    dropped: int
+    key: str | None
+    touched: float
+
+    def frames_after(self, after: int) -> list[bytes]:
+        frames = record_frames(self.info) if self.frames is None else split_frames(b"".join(self.frames))
+        return frames[after - self.dropped :]
+
+
 class MemoryJournal:
     """Runs in a dict: followed, resumed and cancelled within this process."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry | _Ended] = {}
         self._keys: dict[str, tuple[str, str]] = {}  # idempotency key: (fingerprint, run id)
         self._ended: deque[tuple[float, str]] = deque()  # (forget at, run id), in end order
         self._watchers: dict[str, Callable[[], None]] = {}
@@ -88,7 +105,8 @@ class MemoryJournal:
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
-        if self._ended:
+        ended = self._ended
+        if ended and (len(ended) > MAX_ENDED_RUNS or ended[0][0] <= time.monotonic()):
             self._forget_expired()
         if idempotency_key is not None:
             seen = self._keys.get(idempotency_key)
@@ -102,24 +120,35 @@ class MemoryJournal:
         self._entries[info.id] = _Entry(info, idempotency_key)
         return info
 
-    async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
+    def _running(self, run_id: str) -> _Entry | None:
         entry = self._entries.get(run_id)
+        return entry if type(entry) is _Entry else None
+
+    async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
+        entry = self._running(run_id)
         if entry is not None and frames:
             entry.add(b"".join(frames), len(frames), max_bytes)
 
     async def append_chunk(self, run_id: str, chunk: bytes, count: int, *, max_bytes: int) -> None:
-        entry = self._entries.get(run_id)
+        entry = self._running(run_id)
         if entry is not None:
             entry.add(chunk, count, max_bytes)
 
     async def finish(
-        self, info: RunInfo, frames: Sequence[bytes], *, max_bytes: int, retention: float
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
-        entry = self._entries.get(info.id)
+        entry = self._running(info.id)
         if entry is None:
             return
         entry.info = info
-        entry.add(b"".join(frames), len(frames), max_bytes)
+        kept: tuple[bytes, ...] | None = None  # nothing streamed: nothing to keep but the record
+        if frames is not None or entry.chunks:
+            frames = record_frames(info) if frames is None else frames
+            entry.add(b"".join(frames), len(frames), max_bytes)
+            kept = tuple(entry.chunks)
+        self._entries[info.id] = _Ended(info, kept, entry.dropped, entry.key, entry.touched)
+        if entry.changed is not None:  # readers waiting for the end
+            entry.changed.set()
         self._ended.append((time.monotonic() + retention, info.id))
         self._watchers.pop(info.id, None)
 
@@ -133,19 +162,23 @@ class MemoryJournal:
         if self._ended:
             self._forget_expired()
         entry = self._entries.get(run_id)
-        if entry is None:
-            return None
-        if after >= entry.end and entry.info.status == "running" and wait > 0:
+        if type(entry) is _Entry and after >= entry.end and wait > 0:
             if entry.changed is None:
                 entry.changed = anyio.Event()
             with anyio.move_on_after(wait):
                 await entry.changed.wait()
+            entry = self._entries.get(run_id)  # it may have ended meanwhile
+        if entry is None:
+            return None
         if after < entry.dropped:
             raise JournalGone(
                 f"Events {after + 1} to {entry.dropped} of run {run_id!r} were dropped to keep its "
                 "journal within max_run_journal_bytes"
             )
-        return JournalSlice(entry.frames_after(after), after + 1, entry.info.status != "running")
+        if type(entry) is _Entry:
+            return JournalSlice(entry.frames_after(after), after + 1, False)
+        assert isinstance(entry, _Ended)
+        return JournalSlice(entry.frames_after(after), after + 1, True)
 
     async def cancel(self, run_id: str) -> RunInfo | None:
         entry = self._entries.get(run_id)
@@ -163,7 +196,7 @@ class MemoryJournal:
         self._watchers.pop(run_id, None)
 
     async def touch(self, run_id: str) -> None:
-        entry = self._entries.get(run_id)
+        entry = self._running(run_id)  # following an ended run keeps nothing alive
         if entry is not None:
             entry.touched = time.time()
 

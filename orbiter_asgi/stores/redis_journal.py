@@ -36,6 +36,7 @@ from .journal import (
     IdempotencyMismatch,
     JournalGone,
     JournalSlice,
+    record_frames,
     split_frames,
     worker_lost,
 )
@@ -328,8 +329,10 @@ class RedisJournal:
         await self.append(run_id, split_frames(chunk), max_bytes=max_bytes)
 
     async def finish(
-        self, info: RunInfo, frames: Sequence[bytes], *, max_bytes: int, retention: float
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
+        if frames is None:
+            frames = record_frames(info)
         args = (_encode(info), info.status, _ms(retention), max_bytes, *frames)
         await self._script("run_finish", self._keys(info.id), args)
         self.unwatch(info.id)

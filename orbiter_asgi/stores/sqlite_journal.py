@@ -40,6 +40,7 @@ from .journal import (
     JournalGone,
     JournalSlice,
     frame_size,
+    record_frames,
     split_frames,
     worker_lost,
 )
@@ -286,8 +287,10 @@ class SQLiteJournal:
             )
 
     async def finish(
-        self, info: RunInfo, frames: Sequence[bytes], *, max_bytes: int, retention: float
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
+        if frames is None:
+            frames = record_frames(info)
         # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
         await self._run(self._finish, info, frames, max_bytes, retention)
