@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-RUN_ID = re.compile(r"[A-Za-z0-9_-]{22}")
-"""A run id: `secrets.token_urlsafe(16)`, 22 URL-safe characters."""
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+"""A run id: 128 random bits as 32 hex digits."""
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
