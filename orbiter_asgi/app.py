@@ -157,15 +157,7 @@ async def _answer_run(
     info = await wait_for_end(journal, run_id)
     if info.status != "completed":
         raise run_failure(info)
-    done = DoneEvent(
-        run_id=info.id,
-        output=info.output,
-        agent_name=info.agent_name,
-        session_id=info.session_id,
-        steps=info.steps,
-        usage=info.usage,
-    )
-    await _send_chat_response(send, done)
+    await _send_chat_response(send, DoneEvent.of_run(info))
 
 
 chat_router = Router(

@@ -336,6 +336,18 @@ class DoneEvent(Model, tag="done", tag_field="type", kw_only=True, gc=False):
     steps: int = 0
     usage: Usage = msgspec.field(default_factory=Usage)
 
+    @classmethod
+    def of_run(cls, info: RunInfo) -> DoneEvent:
+        """The `done` of an ended run, from its record."""
+        return cls(
+            run_id=info.id,
+            output=info.output,
+            agent_name=info.agent_name,
+            session_id=info.session_id,
+            steps=info.steps,
+            usage=info.usage,
+        )
+
 
 class ErrorEvent(Model, tag="error", tag_field="type", kw_only=True, gc=False):
     """The run failed or was refused; `code` is machine-readable."""

@@ -159,15 +159,7 @@ class _Connection:
             return
         info = await journal.get(resume.run_id)
         if info is not None and not last.startswith(b'{"type":"done"'):
-            done = DoneEvent(
-                run_id=info.id,
-                output=info.output,
-                agent_name=info.agent_name,
-                session_id=info.session_id,
-                steps=info.steps,
-                usage=info.usage,
-            )
-            await self._send_event(done)
+            await self._send_event(DoneEvent.of_run(info))
 
     async def _send_event(self, event: Event) -> None:
         if self._open:

@@ -86,14 +86,7 @@ def record_frames(info: RunInfo) -> list[bytes]:
     start = StartEvent(run_id=info.id, agent_name=info.agent_name, session_id=info.session_id)
     last: DoneEvent | ErrorEvent
     if info.error is None:
-        last = DoneEvent(
-            run_id=info.id,
-            output=info.output,
-            agent_name=info.agent_name,
-            session_id=info.session_id,
-            steps=info.steps,
-            usage=info.usage,
-        )
+        last = DoneEvent.of_run(info)
     else:
         last = ErrorEvent(run_id=info.id, error=info.error.message, code=info.error.code)
     return [frame(head, 1, start), frame(head, 2, last), done_frame(head, 3)]
