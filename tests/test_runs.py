@@ -230,7 +230,8 @@ async def test_an_idempotency_key_makes_one_run() -> None:
         history = (await client.get("/sessions/pay/messages", headers={"X-API-Key": "alice"})).json()
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json() == answers[1].json()
-    assert other_body.status_code == 422 and "Idempotency-Key" in other_body.json()["detail"]
+    assert other_body.status_code == 422
+    assert other_body.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     assert bob.status_code == 200
     assert bob.json()["run_id"] != answers[0].json()["run_id"]  # keys are per API key
     assert twice.content == once.content  # the repeat of a stream: its events, replayed

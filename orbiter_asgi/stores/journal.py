@@ -26,9 +26,10 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
+from .._codec import RequestValidationError
 from .._sse import done_frame, frame
-from ..exceptions import OrbiterError, RequestError
-from ..models import DoneEvent, ErrorEvent, RunError, RunInfo, StartEvent
+from ..exceptions import OrbiterError
+from ..models import DoneEvent, ErrorEvent, RunError, RunInfo, StartEvent, ValidationErrorItem
 
 __all__ = [
     "LEASE_TTL",
@@ -54,11 +55,15 @@ class JournalGone(OrbiterError):
     code = "gone"
 
 
-class IdempotencyMismatch(RequestError):
-    """An `Idempotency-Key` seen before, with another request body."""
+class IdempotencyMismatch(RequestValidationError):
+    """An `Idempotency-Key` seen before, with another request body: a 422 in
+    FastAPI's list shape, about the header."""
 
-    status_code = 422
     code = "idempotency_mismatch"
+
+    def __init__(self, message: str = "This Idempotency-Key was used with another request body") -> None:
+        item = ValidationErrorItem(loc=["header", "Idempotency-Key"], msg=message, type=self.code)
+        super().__init__([item])
 
 
 class JournalSlice(NamedTuple):
