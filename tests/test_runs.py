@@ -341,3 +341,18 @@ async def test_a_cancel_during_a_slow_journal_write_leaves_no_gap() -> None:
     texts = [json.loads(f.split(b"data: ", 1)[1]) for f in live[1:-2]]
     assert "".join(t["content"] for t in texts) == history[1]["content"]
     assert json.loads(live[-2].split(b"data: ", 1)[1])["code"] == "cancelled"
+
+
+async def test_runs_are_behind_the_same_keys_as_the_rest() -> None:
+    app = create_app(agents=[Agent("assistant")], api_keys=["k"])
+    async with client_for(app) as client:
+        chat = await client.post("/chat", json={"input": "hi"}, headers={"X-API-Key": "k"})
+        run_id = chat.json()["run_id"]
+        anonymous = [
+            await client.get(f"/runs/{run_id}"),
+            await client.get(f"/runs/{run_id}/events"),
+            await client.post(f"/runs/{run_id}/cancel"),
+        ]
+        keyed = await client.get(f"/runs/{run_id}", headers={"X-API-Key": "k"})
+    assert [r.status_code for r in anonymous] == [401, 401, 401]
+    assert keyed.status_code == 200 and keyed.json()["status"] == "completed"
