@@ -15,8 +15,10 @@ from .journal import IdempotencyMismatch, JournalGone, JournalSlice, record_fram
 __all__ = ["MemoryJournal"]
 
 # Ended runs kept at most, whatever their retention: at thousands of runs a
-# second, ten minutes of them would otherwise hold the process's memory.
+# second, ten minutes of them would otherwise hold the process's memory. The
+# oldest go first once there are more, or once their frames pass the bytes.
 MAX_ENDED_RUNS = 10_000
+MAX_ENDED_BYTES = 64 * 1024 * 1024
 
 
 class _Entry:
@@ -78,6 +80,7 @@ class _Ended(NamedTuple):
     dropped: int
     key: str | None
     touched: float
+    size: int  # bytes of `frames`
 
     def frames_after(self, after: int) -> list[bytes]:
         frames = record_frames(self.info) if self.frames is None else split_frames(b"".join(self.frames))
@@ -91,22 +94,26 @@ class MemoryJournal:
         self._entries: dict[str, _Entry | _Ended] = {}
         self._keys: dict[str, tuple[str, str]] = {}  # idempotency key: (fingerprint, run id)
         self._ended: deque[tuple[float, str]] = deque()  # (forget at, run id), in end order
+        self._ended_bytes = 0  # of the frames the ended runs keep
         self._watchers: dict[str, Callable[[], None]] = {}
 
     def _forget_expired(self) -> None:
         ended = self._ended
         now = time.monotonic()
-        while ended and (ended[0][0] <= now or len(ended) > MAX_ENDED_RUNS):
+        while ended and (
+            len(ended) > MAX_ENDED_RUNS or self._ended_bytes > MAX_ENDED_BYTES or ended[0][0] <= now
+        ):
             _, run_id = ended.popleft()
             entry = self._entries.pop(run_id, None)
-            if entry is not None and entry.key is not None:
-                self._keys.pop(entry.key, None)
+            if isinstance(entry, _Ended):
+                self._ended_bytes -= entry.size
+                if entry.key is not None:
+                    self._keys.pop(entry.key, None)
 
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
-        ended = self._ended
-        if ended and (len(ended) > MAX_ENDED_RUNS or ended[0][0] <= time.monotonic()):
+        if self._ended:
             self._forget_expired()
         if idempotency_key is not None:
             seen = self._keys.get(idempotency_key)
@@ -146,7 +153,9 @@ class MemoryJournal:
             frames = record_frames(info) if frames is None else frames
             entry.add(b"".join(frames), len(frames), max_bytes)
             kept = tuple(entry.chunks)
-        self._entries[info.id] = _Ended(info, kept, entry.dropped, entry.key, entry.touched)
+        size = entry.size if kept is not None else 0
+        self._entries[info.id] = _Ended(info, kept, entry.dropped, entry.key, entry.touched, size)
+        self._ended_bytes += size
         if entry.changed is not None:  # readers waiting for the end
             entry.changed.set()
         self._ended.append((time.monotonic() + retention, info.id))

@@ -192,3 +192,20 @@ async def test_any_frames_read_back_exactly(store: SessionStore, batches: list[B
     middle = len(every) // 2
     rest = await store.runs.read(info.id, middle, wait=0)
     assert rest is not None and rest.frames == every[middle:] and rest.first == middle + 1
+
+
+async def test_the_memory_journal_keeps_ended_runs_within_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbiter_asgi.stores import memory_journal
+
+    monkeypatch.setattr(memory_journal, "MAX_ENDED_BYTES", 1000)
+    journal = memory_journal.MemoryJournal()
+    runs = [_info() for _ in range(10)]
+    for info in runs:
+        await journal.start(info)
+        await journal.append(info.id, _frames(info.id, 1, 3), max_bytes=MiB)
+        await journal.finish(_ended(info), [b"end\n\n"], max_bytes=MiB, retention=60)
+    await journal.start(_info())  # forgets what is past the bound
+    kept = [info for info in runs if await journal.get(info.id) is not None]
+    assert kept == runs[-len(kept):] and 0 < len(kept) < 10  # the newest stay
+    pieces = [await journal.read(info.id, 0, wait=0) for info in kept]
+    assert sum(len(frame) for piece in pieces if piece for frame in piece.frames) <= 1000
