@@ -33,7 +33,6 @@ from ._http import (
     Endpoint,
     SocketEndpoint,
     error_body,
-    header,
     read_json_body,
     send_json,
 )
@@ -91,12 +90,12 @@ class ChatEndpoint(Endpoint):
         heartbeat = context.limits.heartbeat_interval
         request: ChatRequest
         request, body = await read_json_body(scope, receive, _chat, context.limits.max_body_size)
-        resume = resume_point(header(scope, b"last-event-id"))
+        last_event_id, key = _run_headers(scope)
+        resume = resume_point(last_event_id)
         if resume is not None:
             await _answer_run(send, context, *resume, stream=request.stream, heartbeat=heartbeat)
             return
         run = start_chat(context, request)
-        key = header(scope, b"idempotency-key")
         info = await run.open(
             idempotency_key=idempotency_scope(scope, key) if key else None,
             fingerprint=hashlib.sha256(body).hexdigest() if key else "",
@@ -119,6 +118,17 @@ class ChatEndpoint(Endpoint):
                 raise
             if done is not None:  # else the client went away; nobody is left to answer
                 await _send_chat_response(send, done)
+
+
+def _run_headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """`Last-Event-ID` and `Idempotency-Key`, in one pass over the headers."""
+    last_event_id = key = None
+    for name, value in scope["headers"]:
+        if name == b"last-event-id":
+            last_event_id = value
+        elif name == b"idempotency-key":
+            key = value
+    return last_event_id, key
 
 
 async def _in_background(run: Run) -> None:

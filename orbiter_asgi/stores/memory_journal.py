@@ -25,21 +25,21 @@ class _Entry:
     """A run's record and frames. Frames are kept in the chunks they were
     written in (a stream's text batch is one chunk), cut apart only when read."""
 
-    __slots__ = ("changed", "chunks", "counts", "dropped", "info", "key", "size", "touched")
+    __slots__ = ("changed", "chunks", "dropped", "end", "info", "key", "size", "touched")
 
     def __init__(self, info: RunInfo, key: str | None) -> None:
         self.info = info
         self.key = key
         self.chunks: list[bytes] = []
-        self.counts: list[int] = []  # frames in each chunk
         self.dropped = 0  # frames dropped from the head
+        self.end = 0  # the number of the last frame
         self.size = 0
         self.touched = 0.0
         self.changed: anyio.Event | None = None  # made by a reader that waits
 
     def add(self, chunk: bytes, count: int, max_bytes: int) -> None:
         self.chunks.append(chunk)
-        self.counts.append(count)
+        self.end += count
         self.size += len(chunk)
         if self.size > max_bytes:
             self._trim(max_bytes)
@@ -52,22 +52,18 @@ class _Entry:
         while self.size > max_bytes and len(frames) > 1:
             self.size -= len(frames.pop(0))
             self.dropped += 1
-        self.chunks, self.counts = frames, [1] * len(frames)
+        self.chunks = frames
 
     def frames_after(self, after: int) -> list[bytes]:
-        skip = after - self.dropped
-        index = 0
-        while index < len(self.counts) and skip >= self.counts[index]:
-            skip -= self.counts[index]
-            index += 1
-        if index == len(self.chunks):
+        wanted = self.end - after
+        if wanted <= 0:
             return []
-        return split_frames(b"".join(self.chunks[index:]))[skip:]
-
-    @property
-    def end(self) -> int:
-        """The number of the last frame."""
-        return self.dropped + sum(self.counts)
+        # from the newest chunk back, as a follower mostly wants the last few frames
+        index, found = len(self.chunks), 0
+        while found < wanted and index > 0:
+            index -= 1
+            found += self.chunks[index].count(b"\n\n")
+        return split_frames(b"".join(self.chunks[index:]))[found - wanted :]
 
 
 class _Ended(NamedTuple):
@@ -132,13 +128,12 @@ class MemoryJournal:
         return entry if type(entry) is _Entry else None
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
-        entry = self._running(run_id)
-        if entry is not None and frames:
-            entry.add(b"".join(frames), len(frames), max_bytes)
+        if frames:
+            await self.append_chunk(run_id, b"".join(frames), len(frames), max_bytes=max_bytes)
 
     async def append_chunk(self, run_id: str, chunk: bytes, count: int, *, max_bytes: int) -> None:
-        entry = self._running(run_id)
-        if entry is not None:
+        entry = self._entries.get(run_id)
+        if type(entry) is _Entry:  # not ended
             entry.add(chunk, count, max_bytes)
 
     async def finish(
