@@ -20,8 +20,6 @@ to expire `retention` after the end.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +29,7 @@ import msgspec
 
 from ..exceptions import StoreError
 from ..models import RunInfo
+from ._cancel_watch import CancelWatch
 from .journal import (
     LEASE_TTL,
     IdempotencyMismatch,
@@ -279,9 +278,7 @@ class RedisJournal:
         self._lease = lease
         # a BLOCK as long as the socket timeout would read as a dead connection
         self._block = max(0.05, min(timeout - 1.0, timeout / 2))
-        self._watchers: dict[str, Callable[[], None]] = {}
-        self._cancelled: set[str] = set()  # watched runs whose `on_cancel` was called
-        self._poller: asyncio.Task[None] | None = None
+        self._watch = CancelWatch(self._poll, lease=lambda: self.lease, interval=POLL_INTERVAL)
 
     @property
     def lease(self) -> float:
@@ -391,53 +388,22 @@ class RedisJournal:
         state = await self._state(run_id, None, cancel=True)
         if state is None:
             return None
-        self._fire(run_id)
+        self._watch.fire(run_id)
         return self._decode(state.info)
 
-    def _fire(self, run_id: str) -> None:
-        on_cancel = self._watchers.get(run_id)
-        if on_cancel is not None and run_id not in self._cancelled:
-            self._cancelled.add(run_id)
-            on_cancel()
-
     def watch(self, run_id: str, on_cancel: Callable[[], None]) -> None:
-        self._watchers[run_id] = on_cancel
-        self._cancelled.discard(run_id)
-        task = self._poller
-        loop = asyncio.get_running_loop()
-        if task is None or task.done() or task.get_loop() is not loop:
-            self._poller = loop.create_task(self._poll_while_watched())
+        self._watch.watch(run_id, on_cancel)
 
     def unwatch(self, run_id: str) -> None:
-        self._watchers.pop(run_id, None)
-        self._cancelled.discard(run_id)
+        self._watch.unwatch(run_id)
 
-    async def _poll_while_watched(self) -> None:
-        renewed = time.monotonic()
-        while self._watchers:
-            await asyncio.sleep(POLL_INTERVAL)
-            run_ids = list(self._watchers)
-            if not run_ids:
-                break
-            lease = self.lease
-            renew = time.monotonic() - renewed >= lease / 3
-            keys = [key for run_id in run_ids for key in self._keys(run_id)]
-            try:
-                flags = await self._script("run_poll", keys, (_ms(lease) if renew else "",))
-            except StoreError:
-                continue  # Redis is away: look again; a lease lapses only after several misses
-            if renew:
-                renewed = time.monotonic()
-            for run_id, flag in zip(run_ids, flags, strict=True):
-                if flag:
-                    self._fire(run_id)
+    async def _poll(self, run_ids: list[str], renew: bool) -> list[str]:
+        keys = [key for run_id in run_ids for key in self._keys(run_id)]
+        flags = await self._script("run_poll", keys, (_ms(self.lease) if renew else "",))
+        return [run_id for run_id, flag in zip(run_ids, flags, strict=True) if flag]
 
     async def aclose(self) -> None:
-        task, self._poller = self._poller, None
-        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._watch.aclose()
 
     # --- clients following ------------------------------------------------------------------------
 

@@ -21,8 +21,6 @@ died and that nobody read is forgotten as if it had been ended then.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +30,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import anyio
 import msgspec
 
-from ..exceptions import StoreError
 from ..models import RunInfo
+from ._cancel_watch import CancelWatch
 from .journal import (
     LEASE_TTL,
     IdempotencyMismatch,
@@ -199,9 +197,7 @@ class SQLiteJournal:
         self._run = run
         self._transaction = transaction
         self._lease = lease
-        self._watchers: dict[str, Callable[[], None]] = {}
-        self._notified: set[str] = set()  # watched runs whose `on_cancel` was called
-        self._poller: asyncio.Task[None] | None = None
+        self._watch = CancelWatch(self._poll, lease=lambda: self.lease, interval=_CANCEL_POLL)
 
     @property
     def lease(self) -> float:
@@ -366,10 +362,7 @@ class SQLiteJournal:
         run = await self._run(self._cancel, run_id)
         if run is None:
             return None
-        on_cancel = self._watchers.get(run_id)
-        if on_cancel is not None and run_id not in self._notified:
-            self._notified.add(run_id)
-            on_cancel()
+        self._watch.fire(run_id)
         return _decode_info(run.info)
 
     def _cancel(self, conn: sqlite3.Connection, run_id: str) -> _Run | None:
@@ -383,47 +376,16 @@ class SQLiteJournal:
         return run
 
     def watch(self, run_id: str, on_cancel: Callable[[], None]) -> None:
-        self._watchers[run_id] = on_cancel
-        self._notified.discard(run_id)
-        task = self._poller
-        loop = asyncio.get_running_loop()
-        if task is None or task.done() or task.get_loop() is not loop:
-            self._poller = loop.create_task(self._poll())
+        self._watch.watch(run_id, on_cancel)
 
     def unwatch(self, run_id: str) -> None:
-        # the poller sees nothing left to watch at its next tick and ends
-        self._watchers.pop(run_id, None)
-        self._notified.discard(run_id)
+        self._watch.unwatch(run_id)
 
-    async def _poll(self) -> None:
-        renewed = time.monotonic()
-        while self._watchers:
-            await asyncio.sleep(_CANCEL_POLL)
-            lease = self.lease
-            renew = time.monotonic() - renewed >= lease / 3
-            if not renew and self._notified.issuperset(self._watchers):
-                continue  # every watched run was told already: nothing to ask
-            started = time.monotonic()
-            try:
-                flagged = await self._run(
-                    _poll_runs, self._transaction, list(self._watchers), lease if renew else None
-                )
-            except StoreError:
-                continue  # the file is busy or gone for now: try again at the next tick
-            if renew:
-                renewed = started
-            for run_id in flagged:
-                on_cancel = self._watchers.get(run_id)
-                if on_cancel is not None and run_id not in self._notified:
-                    self._notified.add(run_id)
-                    on_cancel()
+    async def _poll(self, run_ids: list[str], renew: bool) -> list[str]:
+        return await self._run(_poll_runs, self._transaction, run_ids, self.lease if renew else None)
 
     async def aclose(self) -> None:
-        task, self._poller = self._poller, None
-        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._watch.aclose()
 
     # --- followers ------------------------------------------------------------------------
 

@@ -139,14 +139,14 @@ async def test_the_poller_stops_when_nothing_is_watched(open_stores: Callable[[]
     info = _info()
     await store.runs.start(info)
     store.runs.watch(info.id, lambda: None)
-    poller = store._journal._poller
+    poller = store._journal._watch.task
     assert poller is not None and not poller.done()
     store.runs.unwatch(info.id)
     with anyio.fail_after(1):
         while not poller.done():
             await anyio.sleep(0.05)
     store.runs.watch(info.id, lambda: None)  # watched again: a new poller, stopped by aclose
-    again = store._journal._poller
+    again = store._journal._watch.task
     assert again is not None and again is not poller
     await store.aclose()
     assert again.done()

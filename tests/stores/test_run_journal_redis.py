@@ -141,7 +141,7 @@ async def test_the_poller_runs_only_while_runs_are_watched(stores: tuple[RedisSt
     await owner.runs.start(info)
     calls: list[str] = []
     owner.runs.watch(info.id, lambda: calls.append(info.id))
-    poller = owner._journal._poller
+    poller = owner._journal._watch.task
     assert poller is not None and not poller.done()
     await other.runs.cancel(info.id)
     await other.runs.cancel(info.id)
