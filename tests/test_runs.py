@@ -50,6 +50,31 @@ def _seq(frame: bytes) -> int:
     return int(frame.split(b"\n", 1)[0].rpartition(b":")[2])
 
 
+def _run_id(frame: bytes) -> str:
+    return frame.split(b"\n", 1)[0][len(b"id: ") :].rpartition(b":")[0].decode()
+
+
+async def _stream_then_leave(app: Any, body: dict[str, Any], leave_after: float) -> bytes:
+    """POST /chat as a server would, the client leaving `leave_after` seconds in;
+    returns what was sent before the app returned (it returns when the run ends)."""
+    messages = [{"type": "http.request", "body": json.dumps(body).encode()}]
+    sent: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await anyio.sleep(leave_after)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message["body"])
+
+    with anyio.fail_after(5):
+        await app(http_scope("POST", "/chat"), receive, send)
+    return b"".join(sent)
+
+
 async def test_a_run_is_kept_and_replayed_byte_for_byte() -> None:
     app = create_app(agents=[Agent("assistant")])
     async with client_for(app) as client:
@@ -113,7 +138,7 @@ async def test_an_event_source_that_reconnects_mid_stream_gets_the_rest_of_the_s
         group.start_soon(app, http_scope("GET", "/stream", query), receive, send)
         await cut.wait()
         seen = _frames(b"".join(first))
-        run_id = seen[0].split(b"\n")[0][4:].rpartition(b":")[0].decode()
+        run_id = _run_id(seen[0])
         # the browser reconnects to the same URL, saying the last id it saw
         async with client_for(app) as client:
             rest = await client.get(
@@ -135,32 +160,36 @@ async def test_an_event_source_that_reconnects_mid_stream_gets_the_rest_of_the_s
 async def test_a_run_nobody_resumes_ends_after_its_grace() -> None:
     agent = Counting(delay=0.02)
     app = create_app(agents=[agent], disconnect_grace=0.2)
-    body = json.dumps({"input": WORDS * 3, "stream": True, "session_id": "g"}).encode()
-    sent: list[bytes] = []
-    messages = [{"type": "http.request", "body": body}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await anyio.sleep(0.1)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            sent.append(message["body"])
-
-    with anyio.fail_after(5):
-        started = anyio.current_time()
-        await app(http_scope("POST", "/chat"), receive, send)
-        took = anyio.current_time() - started
-    run_id = _frames(b"".join(sent))[0].split(b"\n")[0][4:].rpartition(b":")[0].decode()
+    started = anyio.current_time()
+    sent = await _stream_then_leave(app, {"input": WORDS * 3, "stream": True, "session_id": "g"}, 0.1)
+    took = anyio.current_time() - started
+    run_id = _run_id(sent)
     async with client_for(app) as client:
         info = (await client.get(f"/runs/{run_id}")).json()
         history = (await client.get("/sessions/g/messages")).json()
     assert 0.25 < took < 2  # the disconnect at 0.1 s, then the 0.2 s grace
     assert info["status"] == "cancelled" and info["error"]["code"] == "cancelled"
     assert 0 < len(history[1]["content"].split()) < len((WORDS * 3).split())  # what it had said is kept
-    assert b"[DONE]" not in b"".join(sent)  # nothing more went to the client that left
+    assert b"[DONE]" not in sent  # nothing more went to the client that left
+
+
+async def test_a_run_resumed_within_its_grace_goes_on_to_its_end() -> None:
+    agent = Counting(delay=0.02)  # 40 words: 0.8 s, well past the grace
+    app = create_app(agents=[agent], disconnect_grace=0.2)
+    async with anyio.create_task_group() as group, client_for(app) as client:
+        left: list[bytes] = []
+
+        async def first_client() -> None:
+            left.append(await _stream_then_leave(app, {"input": WORDS, "stream": True}, 0.05))
+
+        group.start_soon(first_client)
+        await anyio.sleep(0.1)  # gone, and the grace running
+        run_id = next(iter(app.context.store.runs._entries))
+        resumed = await client.get(f"/runs/{run_id}/events")  # within the grace, then to the end
+        info = (await client.get(f"/runs/{run_id}")).json()
+    assert info["status"] == "completed" and info["output"].split() == WORDS.split()
+    assert resumed.content.endswith(b"data: [DONE]\n\n")
+    assert agent.turns == 1
 
 
 async def test_background_runs_answer_202_and_go_on_alone() -> None:
@@ -186,23 +215,8 @@ async def test_background_runs_answer_202_and_go_on_alone() -> None:
 async def test_a_background_stream_outlives_its_client() -> None:
     agent = Counting(delay=0.01)
     app = create_app(agents=[agent], disconnect_grace=0)
-    body = json.dumps({"input": "a b c d e f", "stream": True, "background": True}).encode()
-    messages = [{"type": "http.request", "body": body}]
-    sent: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await anyio.sleep(0.02)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            sent.append(message["body"])
-
-    with anyio.fail_after(5):
-        await app(http_scope("POST", "/chat"), receive, send)
-    run_id = _frames(b"".join(sent))[0].split(b"\n")[0][4:].rpartition(b":")[0].decode()
+    body = {"input": "a b c d e f", "stream": True, "background": True}
+    run_id = _run_id(await _stream_then_leave(app, body, 0.02))
     async with client_for(app) as client:
         info = (await client.get(f"/runs/{run_id}")).json()
     assert info["status"] == "completed" and info["output"] == "a b c d e f "
