@@ -225,7 +225,9 @@ class AgentRegistry(Mapping[str, Any]):
         server is not set up, whatever the request asked for.
         """
         key = self.default_name if name is None else name
-        entry = self._find(key) if key is not None else None
+        entry = self._agents.get(key) if key is not None else None  # own agents first, no call
+        if entry is None and key is not None and self._parent is not None:
+            entry = self._parent._find(key)
         if entry is None:
             if name is None or not self:
                 raise NoAgentsRegistered("No agents registered")
