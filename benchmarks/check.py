@@ -108,7 +108,7 @@ def answers(base_url: str, tag: str) -> dict[str, Any]:
         result["agents"] = response.json()
         _expect(result["agents"] == [{"name": AGENT, "model": "echo", "description": ""}], "/agents")
 
-        session_id = f"check-{tag}"
+        session_id = "check-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in tag)
         turns = []
         for _ in range(2):
             response = client.post(

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -158,7 +159,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup per target")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--targets", default=",".join(t.name for t in TARGETS))
+    parser.add_argument("--targets", default=",".join(t.name for t in TARGETS if "+" not in t.name))
     all_names = [s.name for s in HTTP_SCENARIOS] + [s.name for s in WS_SCENARIOS] + ["idle_streams"]
     parser.add_argument(
         "--scenarios", default=",".join(all_names), help=f"any of {','.join(all_names)}"
@@ -168,6 +169,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-words", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "last-run.md")
     parser.add_argument("--no-install", action="store_true", help="do not install missing tools")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure orbiter_asgi as of this git commit, as target orbiter_asgi@REF",
+    )
     parser.add_argument("--render", type=Path, help="only re-render the table of a saved .json run")
     return parser.parse_args(argv)
 
@@ -189,10 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_install:
         ensure_dependencies()
     _raise_fd_limit()
+    targets = [t for name in args.targets.split(",") for t in TARGETS if t.name == name]
+    with tempfile.TemporaryDirectory() as tree:
+        if args.baseline:
+            targets.insert(1, _baseline(args.baseline, Path(tree)))
+        return _measure(args, targets, sys.argv[1:] if argv is None else argv)
+
+
+def _baseline(ref: str, directory: Path) -> Target:
+    """`orbiter_asgi` (and its benchmark app) as of commit `ref`, exported to
+    `directory`: one run then measures a change against the commit before it."""
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+    first = TARGETS[0]
+    return Target(f"{first.name}@{ref}", first.app, root=directory)
+
+
+def _measure(args: argparse.Namespace, targets: list[Target], argv: list[str]) -> int:
     from .check import CheckError, answers, compare
     from .http_load import run_wrk
 
-    targets = [t for name in args.targets.split(",") for t in TARGETS if t.name == name]
     wanted = set(args.scenarios.split(","))
     log_dir = ROOT / "benchmarks" / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -274,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [t.name for t in targets]
     if any(m.target == "orbiter_asgi+sqlite" for m in measurements):
         names.append("orbiter_asgi+sqlite")
-    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks " + " ".join(argv)
     header = (
         f"## {server_kind}: {args.rounds} rounds of {args.duration:g} s, "
         f"{started_at:%Y-%m-%d %H:%M} UTC\n\n"

@@ -40,12 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 class Target:
     name: str
     app: str  # "module:attribute"
+    root: Path = ROOT  # the tree it is imported from: another commit's for a baseline
+    env: tuple[tuple[str, str], ...] = ()  # set for its server
 
 
 TARGETS = [
     Target("orbiter_asgi", "benchmarks.peers.orbiter_app:app"),
     Target("bare_asgi", "benchmarks.peers.bare_asgi:app"),
     Target("fastapi", "benchmarks.peers.fastapi_app:app"),
+    # orbiter_asgi with its run journal switched off: what journaling costs
+    Target("orbiter_asgi+no_journal", "benchmarks.peers.orbiter_app:app", env=(("BENCH_JOURNAL", "off"),)),
 ]
 
 
@@ -125,11 +129,11 @@ def start_server(
     """A running server for `target`; stopped on exit. Waits until it answers."""
     port = free_port()
     log = log_dir / f"{target.name}{label}-{server}.log"
-    process_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+    process_env = {**os.environ, **dict(target.env), **(env or {}), "PYTHONPATH": str(target.root)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             pinned(_command(server, target.app, port), server_cpus()),
-            cwd=ROOT,
+            cwd=target.root,
             env=process_env,
             stdout=out,
             stderr=subprocess.STDOUT,

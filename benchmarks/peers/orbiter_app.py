@@ -1,7 +1,8 @@
 """`orbiter_asgi` as a benchmark target: one `echo` agent named `assistant`.
 
 `BENCH_ECHO_DELAY` selects `echo?delay=...`; `BENCH_STORE` a store URL
-(default `memory://`).
+(default `memory://`); `BENCH_JOURNAL=off` switches the run journal off, to
+measure what it costs.
 """
 
 from __future__ import annotations
@@ -22,3 +23,8 @@ app = create_app(
     # concurrent turns per worker would refuse the rest with 503s
     max_concurrent_runs=None,
 )
+
+if os.environ.get("BENCH_JOURNAL") == "off":
+    from .null_journal import NullJournal
+
+    app.context.store.runs = NullJournal()
