@@ -106,32 +106,31 @@ class _Transcript:
             self.messages.append(tool_message(event))
 
 
-class _Entropy:
-    """The OS's random bytes, read 4 KiB at a time: one system call per 256 run ids."""
+_POOL_SIZE = 4096
+_pool = b""
+_used = _POOL_SIZE  # bytes of `_pool` handed out
 
-    pool = b""
-    used = 0
 
-    @classmethod
-    def take(cls, size: int) -> bytes:
-        if cls.used + size > len(cls.pool):
-            cls.pool, cls.used = os.urandom(4096), 0
-        cls.used += size
-        return cls.pool[cls.used - size : cls.used]
-
-    @classmethod
-    def forget(cls) -> None:
-        cls.pool, cls.used = b"", 0
+def _forget_pool() -> None:
+    global _used
+    _used = _POOL_SIZE
 
 
 # a forked worker must not hand out the ids its parent had in hand
-os.register_at_fork(after_in_child=_Entropy.forget)
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_run_id() -> str:
     """128 random bits as 32 hex digits: URL-safe, unique across processes, and
-    unguessable, since a run id is all it takes to follow or cancel the run."""
-    return _Entropy.take(16).hex()
+    unguessable, since a run id is all it takes to follow or cancel the run.
+
+    The OS's random bytes are read 4 KiB at a time: one system call per 256 ids.
+    """
+    global _pool, _used
+    if _used == _POOL_SIZE:
+        _pool, _used = os.urandom(_POOL_SIZE), 0
+    _used += 16
+    return _pool[_used - 16 : _used].hex()
 
 
 Emit = Callable[[RunItem, bytes], Awaitable[None]]
@@ -152,6 +151,7 @@ class Run:
         "_grace",
         "_stopped",
         "_turn",
+        "_unsent",
         "agent",
         "background",
         "context",
@@ -182,7 +182,7 @@ class Run:
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.background = background  # no disconnect cancels it
         self.id = new_run_id()
-        self.head = b"id: %b:" % self.id.encode()  # of every SSE frame of the run
+        self.head = b""  # `id: <run_id>:`, of every SSE frame of a streamed run
         self.seq = 0  # frames so far
         self.journal = context.store.runs
         self.info: RunInfo | None = None  # once opened
@@ -190,17 +190,21 @@ class Run:
         self._stopped = False
         self._grace: asyncio.TimerHandle | None = None
         self._appending: bytes | None = None  # frames being journaled
+        self._unsent = b""  # frames journaled whose sending a cancel cut short
         self.detached_at: float | None = None  # when the transport lost its client
         # what the turn produced, once the agent's stream is closed: also after a
         # failure or a cancel, for a transport that ends every turn with `done`
         self.result: DoneEvent | None = None
         self.final = b""  # the last frames: `done` or `error`, then `[DONE]`
 
-    async def open(self, *, idempotency_key: str | None = None, fingerprint: str = "") -> RunInfo:
-        """Record the run in the journal; returns the run to serve: this one, or
-        the one an earlier request with the same `idempotency_key` started."""
+    def open(self, *, idempotency_key: str | None = None, fingerprint: str = "") -> Awaitable[RunInfo]:
+        """Record the run in the journal; awaited, gives the run to serve: this
+        one, or the one an earlier request with the same `idempotency_key` started.
+
+        It returns the journal's own awaitable: no coroutine of its own per run.
+        """
         self.info = RunInfo(id=self.id, agent_name=self.agent.name, session_id=self.session_id)
-        return await self.journal.start(self.info, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return self.journal.start(self.info, idempotency_key=idempotency_key, fingerprint=fingerprint)
 
     async def drive(self, emit: Emit | None = None, receive: Receive | None = None) -> DoneEvent | None:
         """Run the turn to its end under the app's guard; returns its `done` event.
@@ -223,93 +227,90 @@ class Run:
         """
         if self.info is None:
             await self.open()
+        self.journal.watch(self.id, self.cancel)  # until the journal is told the run ended
+        done: DoneEvent | None = None  # None: the client went away, the turn was cancelled
         try:
             if emit is not None:  # first, whatever comes next: a stream begins with `start`
                 await self._start(emit)
-            done = await self._drive_guarded(emit, receive)
+            if self._stopped:
+                raise RunCancelled("The turn was cancelled")
+            with self.context.guard.running(receive) as turn:
+                self._turn = turn
+                turn.on_disconnect = self.detach
+                try:
+                    if self.session_id is None:
+                        done = await self._drive(turn, [], emit)
+                    else:
+                        store = self.context.store
+                        async with store.lock(self.session_id):
+                            history = await store.history(self.session_id, agent_name=self.agent.name)
+                            await store.append(self.session_id, [Message(role="user", content=self.input)])
+                            done = await self._drive(turn, history, emit)
+                finally:
+                    self._turn = None
+                    if self._grace is not None:
+                        self._grace.cancel()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                if self._appending is not None:
+                    await self._settle_append()
                 await self._end(None, exc)
             raise
         await self._end(done, None)
         return done
 
-    async def _drive_guarded(self, emit: Emit | None, receive: Receive | None) -> DoneEvent | None:
-        if self._stopped:
-            raise RunCancelled("The turn was cancelled")
-        with self.context.guard.running(receive) as turn:
-            self._turn = turn
-            turn.on_disconnect = self.detach
-            self.journal.watch(self.id, self.cancel)
-            try:
-                if self.session_id is None:
-                    return await self._drive(turn, [], emit)
-                store = self.context.store
-                async with store.lock(self.session_id):
-                    history = await store.history(self.session_id, agent_name=self.agent.name)
-                    await store.append(self.session_id, [Message(role="user", content=self.input)])
-                    return await self._drive(turn, history, emit)
-            finally:
-                self._turn = None
-                self.journal.unwatch(self.id)
-                if self._grace is not None:
-                    self._grace.cancel()
-        return None  # the client went away: the turn was cancelled and is over
-
     async def _start(self, emit: Emit) -> None:
+        """Send `start`, frame 1, which the journal made from the run's record."""
+        self.head = b"id: %b:" % self.id.encode()
         start = self.start_event()
-        chunk = frame(self.head, 1, start)
         self.seq = 1
-        limit = self.context.limits.max_run_journal_bytes
-        await self.journal.append_chunk(self.id, chunk, 1, max_bytes=limit)
-        await emit(start, chunk)
+        await emit(start, frame(self.head, 1, start))
 
-    async def _end(self, done: DoneEvent | None, exc: BaseException | None) -> None:
-        """Write the run's end to the journal: its record and its last frames."""
-        assert self.info is not None
+    def _end(self, done: DoneEvent | None, exc: BaseException | None) -> Awaitable[None]:
+        """Write the run's end to the journal, its record and its last frames,
+        when the returned awaitable (the journal's own) is awaited."""
+        info = self.info  # the record the journal was given at the start, now ended
+        assert info is not None
         last: DoneEvent | ErrorEvent
         if done is not None:
-            last, status, error = done, "completed", None
+            last = done
+            info.status = "completed"
         else:
             if exc is None:
                 exc = RunCancelled("The run was cancelled: its client went away")
             last = self.error_event(exc)
-            status = "cancelled" if last.code == "cancelled" else "failed"
-            error = RunError(code=last.code, message=last.error)
-        info = self.info  # the record the journal was given at the start, now ended
-        info.status = status  # type: ignore[assignment]
+            info.status = "cancelled" if last.code == "cancelled" else "failed"
+            info.error = RunError(code=last.code, message=last.error)
         info.ended_at = datetime.now(UTC)
-        if self.result is not None:
-            info.output, info.steps, info.usage = self.result.output, self.result.steps, self.result.usage
-        info.error = error
+        result = self.result
+        if result is not None:
+            info.output, info.steps, info.usage = result.output, result.steps, result.usage
         frames: list[bytes] | None = None  # a JSON run streamed nothing: its record says it all
         if self.seq:
-            unsent = await self._settle_append() if self._appending is not None else b""
             frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
             self.seq += 2
-            self.final = unsent + frames[0] + frames[1]
+            self.final = self._unsent + frames[0] + frames[1]
         limits = self.context.limits
-        await self.journal.finish(
+        return self.journal.finish(
             info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
         )
 
-    async def _settle_append(self) -> bytes:
+    async def _settle_append(self) -> None:
         """After an append cut short (a cancel while a shared journal wrote),
         whether the journal kept its frames: their numbers stay taken and they
-        go out before the end; if not, their numbers are given back. Returns
-        what the client still needs to be sent."""
+        go out before the end (`_unsent`); if not, their numbers are given back."""
         chunk, self._appending = self._appending, None
-        if chunk is None:
-            return b""
+        assert chunk is not None
         count = chunk.count(b"\n\n")
         try:
             piece = await self.journal.read(self.id, self.seq - count, wait=0)
         except OrbiterError:  # dropped since, or the store is down: keep the numbers taken
-            return chunk
+            self._unsent = chunk
+            return
         if piece is not None and piece.frames:
-            return chunk
-        self.seq -= count
-        return b""
+            self._unsent = chunk
+        else:
+            self.seq -= count
 
     def start_event(self) -> StartEvent:
         return StartEvent(run_id=self.id, agent_name=self.agent.name, session_id=self.session_id)

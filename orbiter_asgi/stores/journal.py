@@ -1,7 +1,8 @@
 """The `RunJournal` protocol: what every store keeps of a run, beside its sessions.
 
 A run's journal is its record (`RunInfo`) and the SSE frames its stream
-sent, in order: frame `n` has id `<run_id>:<n>`, the last one is `[DONE]`.
+sent, in order: frame `n` has id `<run_id>:<n>`, the first one is `start`
+(which the journal makes from the record), the last one is `[DONE]`.
 The frames are kept as they went out, so a resumed stream is byte for byte
 the stream a direct client had, and any worker that reaches the store can
 serve it. A journal is bounded twice: `max_bytes` of frames (older ones are
@@ -37,9 +38,11 @@ __all__ = [
     "JournalGone",
     "JournalSlice",
     "RunJournal",
+    "end_frames",
     "frame_size",
     "record_frames",
     "split_frames",
+    "start_frame",
     "worker_lost",
 ]
 
@@ -84,17 +87,29 @@ def split_frames(chunk: bytes) -> list[bytes]:
     return [piece + b"\n\n" for piece in chunk.split(b"\n\n")[:-1]]
 
 
-def record_frames(info: RunInfo) -> list[bytes]:
-    """The whole stream of an ended run that streamed nothing, from its record:
-    `start`, its `done` (or `error`), `[DONE]`."""
-    head = b"id: %b:" % info.id.encode()
+def start_frame(info: RunInfo) -> bytes:
+    """Frame 1 of every run, its `start`, made from its record: `RunJournal.start`
+    holds it from the moment the run is recorded, so nobody appends it."""
     start = StartEvent(run_id=info.id, agent_name=info.agent_name, session_id=info.session_id)
+    return frame(b"id: %b:" % info.id.encode(), 1, start)
+
+
+def end_frames(info: RunInfo, seq: int) -> list[bytes]:
+    """An ended run's last frames from its record, as frames `seq` and `seq + 1`:
+    its `done` (or `error`), then `[DONE]`."""
+    head = b"id: %b:" % info.id.encode()
     last: DoneEvent | ErrorEvent
     if info.error is None:
         last = DoneEvent.of_run(info)
     else:
         last = ErrorEvent(run_id=info.id, error=info.error.message, code=info.error.code)
-    return [frame(head, 1, start), frame(head, 2, last), done_frame(head, 3)]
+    return [frame(head, seq, last), done_frame(head, seq + 1)]
+
+
+def record_frames(info: RunInfo) -> list[bytes]:
+    """The whole stream of an ended run that streamed nothing, from its record:
+    `start`, its `done` (or `error`), `[DONE]`."""
+    return [start_frame(info), *end_frames(info, 2)]
 
 
 def worker_lost(info: RunInfo, next_seq: int) -> tuple[RunInfo, list[bytes]]:
@@ -120,13 +135,15 @@ class RunJournal(Protocol):
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
-        """Record a new running run and return it; with an `idempotency_key`
+        """Record a new running run, with its first frame, `start_frame(info)`,
+        and return it; with an `idempotency_key`
         already used for a run kept in the journal, return that run instead,
         or raise `IdempotencyMismatch` when its `fingerprint` differs."""
         ...
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
-        """Add frames, numbered on from the last; drop the oldest past `max_bytes`."""
+        """Add frames, numbered on from the last (the first added is frame 2);
+        drop the oldest past `max_bytes`."""
         ...
 
     async def append_chunk(self, run_id: str, chunk: bytes, count: int, *, max_bytes: int) -> None:
@@ -138,9 +155,10 @@ class RunJournal(Protocol):
         self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
         """Add the last frames (the final event and `[DONE]`) and the ended
-        record, at once; forget the run `retention` seconds later. `frames`
-        None is a run that streamed nothing (a JSON one): its frames are its
-        record's, `record_frames(info)`, made when they are first needed."""
+        record, at once; forget the run `retention` seconds later. The run is
+        unwatched first, whether or not the write succeeds. `frames`
+        None is a run that streamed nothing but its start (a JSON one): its
+        last frames are its record's, `end_frames(info, 2)`."""
         ...
 
     async def get(self, run_id: str) -> RunInfo | None:

@@ -35,8 +35,9 @@ from .journal import (
     IdempotencyMismatch,
     JournalGone,
     JournalSlice,
-    record_frames,
+    end_frames,
     split_frames,
+    start_frame,
     worker_lost,
 )
 
@@ -103,7 +104,7 @@ end
 """
 
 # KEYS: hash, stream[, idempotency key]
-# ARGV: run id, info, fingerprint, lease ms, retention ms, run hash prefix
+# ARGV: run id, info, fingerprint, lease ms, retention ms, run hash prefix, start frame
 # {0}: the key names a kept run with another fingerprint; {1, info}: that run (or this
 # one, when a retried call already made it); {2}: made.
 _START = (
@@ -123,9 +124,10 @@ if #KEYS == 3 then
   redis.call('HSET', KEYS[3], 'fp', ARGV[3], 'run', ARGV[1])
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, redis.call('HGET', KEYS[1], 'info')} end
-redis.call('HSET', KEYS[1], 'info', ARGV[2], 'status', 'running', 'count', 0, 'dropped', 0,
-  'size', 0, 'lease', now + tonumber(ARGV[4]), 'retention', ARGV[5], 'cancel', 0, 'touched', 0,
-  'key', KEYS[3] or '')
+redis.call('HSET', KEYS[1], 'info', ARGV[2], 'status', 'running', 'count', 1, 'dropped', 0,
+  'size', #ARGV[7], 'lease', now + tonumber(ARGV[4]), 'retention', ARGV[5], 'cancel', 0,
+  'touched', 0, 'key', KEYS[3] or '')
+redis.call('XADD', KEYS[2], '1-0', 'f', ARGV[7])
 keep(KEYS[1], KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[5]))
 return {2}
 """
@@ -309,6 +311,7 @@ class RedisJournal:
             _ms(self.lease),
             _ms(DEFAULT_RETENTION),
             f"{self._prefix}r:",
+            start_frame(info),
         )
         result = await self._script("run_start", keys, args)
         if result[0] == 0:
@@ -329,10 +332,11 @@ class RedisJournal:
         self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
         if frames is None:
-            frames = record_frames(info)
+            frames = end_frames(info, 2)
         args = (_encode(info), info.status, _ms(retention), max_bytes, *frames)
-        await self._script("run_finish", self._keys(info.id), args)
+        # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
+        await self._script("run_finish", self._keys(info.id), args)
 
     # --- reads, by any process ------------------------------------------------------------
 

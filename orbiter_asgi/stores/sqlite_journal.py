@@ -37,9 +37,10 @@ from .journal import (
     IdempotencyMismatch,
     JournalGone,
     JournalSlice,
+    end_frames,
     frame_size,
-    record_frames,
     split_frames,
+    start_frame,
     worker_lost,
 )
 
@@ -241,19 +242,22 @@ class SQLiteJournal:
                     else:
                         return _decode_info(run.info)
             lease_until = now + _micros(self.lease)
+            start = start_frame(info)
             conn.execute(
                 "INSERT INTO runs (id, info, status, idempotency_key, fingerprint, "
-                "lease_until, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "count, size, lease_until, expires_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (
                     info.id,
                     _encode_info(info).decode(),
                     info.status,
                     key,
                     fingerprint,
+                    len(start),
                     lease_until,
                     lease_until + _micros(LOST_RUN_RETENTION),
                 ),
             )
+            conn.execute("INSERT INTO run_frames (run_id, seq, body) VALUES (?, 1, ?)", (info.id, start))
             return info
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
@@ -286,7 +290,7 @@ class SQLiteJournal:
         self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
         if frames is None:
-            frames = record_frames(info)
+            frames = end_frames(info, 2)
         # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
         await self._run(self._finish, info, frames, max_bytes, retention)

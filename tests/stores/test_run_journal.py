@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from orbiter_asgi.models import RunError, RunInfo, Usage
 from orbiter_asgi.stores import SessionStore
-from orbiter_asgi.stores.journal import IdempotencyMismatch, JournalGone
+from orbiter_asgi.stores.journal import IdempotencyMismatch, JournalGone, start_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -53,19 +53,36 @@ async def test_a_run_is_recorded_framed_and_ended(open_stores: Callable[[], Sess
     info = _info()
     assert await owner.runs.start(info) == info
     assert await other.runs.get(info.id) == info
-    await owner.runs.append(info.id, _frames(info.id, 1, 2), max_bytes=MiB)
-    await owner.runs.append(info.id, _frames(info.id, 3, 1), max_bytes=MiB)
+    start = start_frame(info)
+    assert start.startswith(b"id: %b:1\ndata: {\"type\":\"start\"" % info.id.encode())
+    assert await other.runs.read(info.id, 0, wait=0) == ([start], 1, False)  # frame 1, from the start
+    await owner.runs.append(info.id, _frames(info.id, 2, 2), max_bytes=MiB)
+    await owner.runs.append(info.id, _frames(info.id, 4, 1), max_bytes=MiB)
     running = await other.runs.read(info.id, 0, wait=0)
     assert running is not None
-    assert running.frames == _frames(info.id, 1, 3) and running.first == 1 and not running.ended
-    later = await other.runs.read(info.id, 2, wait=0)
-    assert later is not None and later.frames == _frames(info.id, 3, 1) and later.first == 3
+    assert running.frames == [start, *_frames(info.id, 2, 3)] and running.first == 1 and not running.ended
+    later = await other.runs.read(info.id, 3, wait=0)
+    assert later is not None and later.frames == _frames(info.id, 4, 1) and later.first == 4
     ended = _ended(info)
     await owner.runs.finish(ended, [b"final\n\n", b"done\n\n"], max_bytes=MiB, retention=60)
     assert await other.runs.get(info.id) == ended
-    last = await other.runs.read(info.id, 3, wait=5)
+    last = await other.runs.read(info.id, 4, wait=5)
     assert last is not None and last.frames == [b"final\n\n", b"done\n\n"] and last.ended
-    assert (await other.runs.read(info.id, 5, wait=5)) == ([], 6, True)  # the end seen: nothing to wait for
+    assert (await other.runs.read(info.id, 6, wait=5)) == ([], 7, True)  # the end seen: nothing to wait for
+    whole = await other.runs.read(info.id, 0, wait=0)
+    assert whole is not None and whole.frames[0] == start and len(whole.frames) == 6
+
+
+async def test_a_run_that_streamed_nothing_ends_as_recorded(open_stores: Callable[[], SessionStore]) -> None:
+    owner, other = open_stores(), open_stores()
+    info = _info()
+    await owner.runs.start(info)
+    await owner.runs.finish(_ended(info, output="w1"), None, max_bytes=MiB, retention=60)
+    piece = await other.runs.read(info.id, 0, wait=0)
+    assert piece is not None and piece.ended and piece.frames[0] == start_frame(info)
+    events = [json.loads(frame.split(b"data: ", 1)[1]) for frame in piece.frames[1:-1]]
+    assert [event["type"] for event in events] == ["done"] and events[0]["output"] == "w1"
+    assert piece.frames[-1] == b"id: %b:3\ndata: [DONE]\n\n" % info.id.encode()
 
 
 async def test_unknown_runs_are_none(store: SessionStore) -> None:
@@ -95,7 +112,7 @@ async def test_a_reader_waits_for_frames_from_another_worker(open_stores: Callab
     got: list[bytes] = []
 
     async def follow() -> None:
-        piece = await follower.runs.read(info.id, 0, wait=5)
+        piece = await follower.runs.read(info.id, 1, wait=5)
         assert piece is not None
         got.extend(piece.frames)
 
@@ -103,24 +120,24 @@ async def test_a_reader_waits_for_frames_from_another_worker(open_stores: Callab
     async with anyio.create_task_group() as group:
         group.start_soon(follow)
         await anyio.sleep(0.1)
-        await owner.runs.append(info.id, _frames(info.id, 1, 1), max_bytes=MiB)
-    assert got == _frames(info.id, 1, 1)
+        await owner.runs.append(info.id, _frames(info.id, 2, 1), max_bytes=MiB)
+    assert got == _frames(info.id, 2, 1)
     assert time.monotonic() - started < 2  # woken by the frame, not by the wait running out
-    empty = await follower.runs.read(info.id, 1, wait=0.1)
+    empty = await follower.runs.read(info.id, 2, wait=0.1)
     assert empty is not None and empty.frames == [] and not empty.ended
 
 
 async def test_frames_past_max_bytes_are_dropped_oldest_first(store: SessionStore) -> None:
     info = _info()
     await store.runs.start(info)
-    frames = _frames(info.id, 1, 10)
+    frames = _frames(info.id, 2, 10)
     size = max(map(len, frames))
     for frame in frames:
         await store.runs.append(info.id, [frame], max_bytes=size * 4)
     with pytest.raises(JournalGone):
-        await store.runs.read(info.id, 0, wait=0)
-    kept = await store.runs.read(info.id, 6, wait=0)
-    assert kept is not None and kept.frames == frames[6:]
+        await store.runs.read(info.id, 0, wait=0)  # `start` went first
+    kept = await store.runs.read(info.id, 7, wait=0)
+    assert kept is not None and kept.frames == frames[6:] and kept.first == 8
 
 
 async def test_ended_runs_are_forgotten_after_their_retention(store: SessionStore) -> None:
@@ -186,7 +203,7 @@ async def test_any_frames_read_back_exactly(store: SessionStore, batches: list[B
             await store.runs.append_chunk(info.id, b"".join(batch), len(batch), max_bytes=MiB)
         else:
             await store.runs.append(info.id, batch, max_bytes=MiB)
-    every = [frame for _, batch in batches for frame in batch]
+    every = [start_frame(info), *(frame for _, batch in batches for frame in batch)]
     piece = await store.runs.read(info.id, 0, wait=0)
     assert piece is not None and piece.frames == every
     middle = len(every) // 2
@@ -194,15 +211,14 @@ async def test_any_frames_read_back_exactly(store: SessionStore, batches: list[B
     assert rest is not None and rest.frames == every[middle:] and rest.first == middle + 1
 
 
-async def test_the_memory_journal_keeps_ended_runs_within_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_memory_journal_keeps_ended_runs_within_its_bytes() -> None:
     from orbiter_asgi.stores import memory_journal
 
-    monkeypatch.setattr(memory_journal, "MAX_ENDED_BYTES", 1000)
-    journal = memory_journal.MemoryJournal()
+    journal = memory_journal.MemoryJournal(max_ended_bytes=1000)
     runs = [_info() for _ in range(10)]
     for info in runs:
         await journal.start(info)
-        await journal.append(info.id, _frames(info.id, 1, 3), max_bytes=MiB)
+        await journal.append(info.id, _frames(info.id, 2, 3), max_bytes=MiB)
         await journal.finish(_ended(info), [b"end\n\n"], max_bytes=MiB, retention=60)
     await journal.start(_info())  # forgets what is past the bound
     kept = [info for info in runs if await journal.get(info.id) is not None]

@@ -13,6 +13,7 @@ import pytest
 
 from orbiter_asgi.models import RunInfo
 from orbiter_asgi.stores import SessionStore, sqlite_journal
+from orbiter_asgi.stores.journal import start_frame
 from orbiter_asgi.stores.sqlite import SQLiteStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)]
@@ -51,7 +52,7 @@ async def test_a_run_whose_lease_ran_out_reads_back_as_lost(open_stores: Callabl
     owner, reader, other = open_stores(), open_stores(), open_stores()
     info = _info()
     await owner.runs.start(info)
-    await owner.runs.append(info.id, _frames(info.id, 1, 2), max_bytes=MiB)
+    await owner.runs.append(info.id, _frames(info.id, 2, 2), max_bytes=MiB)
     _expire_lease(owner, info.id)
 
     # two processes find it lost at once: one ends it, both see that end
@@ -69,10 +70,10 @@ async def test_a_run_whose_lease_ran_out_reads_back_as_lost(open_stores: Callabl
 
     piece = await reader.runs.read(info.id, 0, wait=5)
     assert piece is not None and piece.ended and piece.first == 1
-    assert piece.frames[:2] == _frames(info.id, 1, 2) and len(piece.frames) == 4
-    error, done = piece.frames[2:]
-    assert error.startswith(b"id: %b:3\n" % info.id.encode()) and b'"worker_lost"' in error
-    assert done == b"id: %b:4\ndata: [DONE]\n\n" % info.id.encode()
+    assert piece.frames[:3] == [start_frame(info), *_frames(info.id, 2, 2)] and len(piece.frames) == 5
+    error, done = piece.frames[3:]
+    assert error.startswith(b"id: %b:4\n" % info.id.encode()) and b'"worker_lost"' in error
+    assert done == b"id: %b:5\ndata: [DONE]\n\n" % info.id.encode()
 
 
 async def test_a_waiting_reader_is_not_left_hanging(open_stores: Callable[[], SessionStore]) -> None:
@@ -81,7 +82,7 @@ async def test_a_waiting_reader_is_not_left_hanging(open_stores: Callable[[], Se
     await owner.runs.start(info)
     _expire_lease(owner, info.id)
     with anyio.fail_after(2):
-        piece = await reader.runs.read(info.id, 0, wait=30)
+        piece = await reader.runs.read(info.id, 1, wait=30)
     assert piece is not None and piece.ended and len(piece.frames) == 2
 
 
@@ -96,14 +97,14 @@ async def test_the_late_worker_cannot_write_past_the_end(open_stores: Callable[[
         _assert_lost(await reader.runs.get(info.id))
         with anyio.fail_after(2):
             await told.wait()  # the owner learns its run was ended, and stops it
-        await owner.runs.append(info.id, _frames(info.id, 1, 1), max_bytes=MiB)
+        await owner.runs.append(info.id, _frames(info.id, 2, 1), max_bytes=MiB)
         late = RunInfo(id=info.id, agent_name="assistant", status="completed", output="late")
         await owner.runs.finish(late, [b"final\n\n", b"done\n\n"], max_bytes=MiB, retention=60)
     finally:
         owner.runs.unwatch(info.id)
     _assert_lost(await reader.runs.get(info.id))
     piece = await reader.runs.read(info.id, 0, wait=0)
-    assert piece is not None and len(piece.frames) == 2 and b"[DONE]" in piece.frames[-1]
+    assert piece is not None and len(piece.frames) == 3 and b"[DONE]" in piece.frames[-1]
 
 
 async def test_a_repeat_of_a_lost_run_attaches_to_its_end(open_stores: Callable[[], SessionStore]) -> None:
@@ -158,7 +159,7 @@ async def test_ended_runs_and_their_frames_are_deleted_by_a_later_start(
     store = open_stores()
     info = _info()
     await store.runs.start(info, idempotency_key="k", fingerprint="f")
-    await store.runs.append(info.id, _frames(info.id, 1, 3), max_bytes=MiB)
+    await store.runs.append(info.id, _frames(info.id, 2, 3), max_bytes=MiB)
     ended = RunInfo(id=info.id, agent_name="assistant", status="completed")
     await store.runs.finish(ended, [b"done\n\n"], max_bytes=MiB, retention=0)
     await store.runs.start(_info())

@@ -52,7 +52,7 @@ async def test_a_run_whose_lease_lapsed_ends_as_worker_lost(
     owner, other = stores
     info = _info()
     await owner.runs.start(info)
-    await owner.runs.append(info.id, [_frame(info.id, 1), _frame(info.id, 2)], max_bytes=MiB)
+    await owner.runs.append(info.id, [_frame(info.id, 2), _frame(info.id, 3)], max_bytes=MiB)
     await raw.hset(f"{prefix}r:{info.id}", "lease", 0)  # its worker stopped renewing long ago
 
     # many readers at once: one ends the run, all read the same end
@@ -63,7 +63,7 @@ async def test_a_run_whose_lease_lapsed_ends_as_worker_lost(
         ended.append(await store.runs.get(info.id))
 
     async def read(store: RedisStore) -> None:
-        slices.append(await store.runs.read(info.id, 2, wait=1))
+        slices.append(await store.runs.read(info.id, 3, wait=1))
 
     async with anyio.create_task_group() as group:
         for store in (owner, other):
@@ -74,15 +74,15 @@ async def test_a_run_whose_lease_lapsed_ends_as_worker_lost(
     assert run.status == "failed" and run.error is not None and run.error.code == "worker_lost"
     assert run.ended_at is not None
     for piece in slices:
-        assert piece is not None and piece.ended and piece.first == 3
+        assert piece is not None and piece.ended and piece.first == 4
         error, done = piece.frames
-        assert error.startswith(b"id: %b:3\n" % info.id.encode()) and b'"code":"worker_lost"' in error
-        assert done.startswith(b"id: %b:4\n" % info.id.encode()) and b"[DONE]" in done
+        assert error.startswith(b"id: %b:4\n" % info.id.encode()) and b'"code":"worker_lost"' in error
+        assert done.startswith(b"id: %b:5\n" % info.id.encode()) and b"[DONE]" in done
 
     # the worker, alive after all, writes no more into an ended run
-    await owner.runs.append(info.id, [_frame(info.id, 3)], max_bytes=MiB)
+    await owner.runs.append(info.id, [_frame(info.id, 4)], max_bytes=MiB)
     late = await other.runs.read(info.id, 0, wait=0)
-    assert late is not None and len(late.frames) == 4 and late.frames[-1] == done
+    assert late is not None and len(late.frames) == 5 and late.frames[-1] == done
     assert await raw.pttl(f"{prefix}r:{info.id}") > 500_000  # kept the default retention
 
 
@@ -92,12 +92,12 @@ async def test_every_key_of_a_run_expires_after_finish(
     store, _ = stores
     info = _info()
     await store.runs.start(info, idempotency_key="k", fingerprint="f")
-    await store.runs.append(info.id, [_frame(info.id, 1)], max_bytes=MiB)
+    await store.runs.append(info.id, [_frame(info.id, 2)], max_bytes=MiB)
     keys = [f"{prefix}r:{info.id}", f"{prefix}rf:{info.id}", f"{prefix}ik:k"]
     for key in keys:  # while it runs: its lease, then the longest retention
         assert await raw.pttl(key) > 600_000
     ended = RunInfo(id=info.id, agent_name="assistant", status="completed")
-    await store.runs.finish(ended, [_frame(info.id, 2)], max_bytes=MiB, retention=30)
+    await store.runs.finish(ended, [_frame(info.id, 3)], max_bytes=MiB, retention=30)
     for key in keys:
         assert 0 < await raw.pttl(key) <= 30_000
 
@@ -109,7 +109,7 @@ async def test_a_blocked_reader_wakes_when_the_run_finishes(stores: tuple[RedisS
     got: list[JournalSlice | None] = []
 
     async def follow() -> None:
-        got.append(await follower.runs.read(info.id, 0, wait=10))
+        got.append(await follower.runs.read(info.id, 1, wait=10))
 
     started = time.monotonic()
     async with anyio.create_task_group() as group:
@@ -128,7 +128,7 @@ async def test_a_wait_longer_than_the_socket_timeout_is_no_error(redis_store_url
         info = _info()
         await store.runs.start(info)
         started = time.monotonic()
-        piece = await store.runs.read(info.id, 0, wait=2.2)
+        piece = await store.runs.read(info.id, 1, wait=2.2)
         assert piece is not None and piece.frames == [] and not piece.ended
         assert 2.2 <= time.monotonic() - started < 4
     finally:
