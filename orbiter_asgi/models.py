@@ -12,6 +12,7 @@ trigger collections.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -54,8 +55,8 @@ __all__ = [
     "WorkspaceFileContent",
 ]
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+# the clock as a default factory, all in C: no Python frame per struct made
+_utcnow = functools.partial(datetime.now, UTC)
 
 
 Role = Literal["system", "user", "assistant", "tool"]
