@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Receive, Send
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SSE_HEADERS",
+    "StreamEncoder",
     "done_frame",
     "frame",
     "resume_point",
@@ -223,14 +224,28 @@ class _Writer:
         self._timer = self._loop.call_later(self._interval - idle, self._tick)
 
 
+class StreamEncoder(Protocol):
+    """How a protocol other than the run's own (OpenAI's, AG-UI's) frames a run.
+
+    `send_event_stream` hands it every item the run emits and, once the run
+    has ended, the run itself; each answers the bytes to send (b"": nothing).
+    """
+
+    def item(self, item: RunItem, chunk: bytes) -> bytes: ...
+
+    def end(self, run: Run) -> bytes: ...
+
+
 async def send_event_stream(
     send: Send,
     run: Run,
     receive: Receive | None = None,
     *,
     heartbeat: float | None = 15.0,
+    encoder: StreamEncoder | None = None,
 ) -> None:
-    """Respond with the events of `run` as SSE: `start`, ..., `done` (or `error`), `[DONE]`.
+    """Respond with the events of `run` as SSE: `start`, ..., `done` (or `error`), `[DONE]`,
+    as the run framed them, or as `encoder` frames them.
 
     The run is driven here, in the request's task. A client that leaves
     detaches the run, which goes on for its disconnect grace (or to its end,
@@ -247,6 +262,10 @@ async def send_event_stream(
         nonlocal gone
         if gone:
             return
+        if encoder is not None:
+            chunk = encoder.item(item, chunk)
+            if not chunk:
+                return
         try:
             await writer.push(chunk)
         except OSError:  # from `send`: the client left
@@ -259,7 +278,7 @@ async def send_event_stream(
         except Exception:  # the run's last frames tell its failure
             pass
         if not gone and run.detached_at is None and run.final:
-            await writer.finish(run.final)
+            await writer.finish(run.final if encoder is None else encoder.end(run))
     except OSError:
         pass  # the client went away mid-send; the run has ended
     finally:

@@ -21,7 +21,8 @@ from .runtime.loop import AgentEvent, AgentItem, run_loop
 
 __all__ = ["AgentRegistry", "RegisteredAgent", "adapt_agent", "registered_agents"]
 
-StreamFn = Callable[[str, Sequence[Message]], AsyncIterator[AgentItem]]
+StreamFn = Callable[..., AsyncIterator[AgentItem]]
+"""`stream(input, messages)`: an agent's events; see `RegisteredAgent.takes_settings`."""
 
 _EVENT_TYPES = (TextEvent, ToolCallEvent, ToolResultEvent, Usage)
 
@@ -105,6 +106,7 @@ class RegisteredAgent:
         "model",
         "name",
         "stream",
+        "takes_settings",
         "target",
         "temperature",
         "tools",
@@ -115,6 +117,9 @@ class RegisteredAgent:
         self.name = name
         self.target = target
         self.stream = stream
+        # whether `stream` takes a request's model settings (`temperature`, `max_tokens`)
+        # as keywords: the built-in `Agent` does; other agents run with their own
+        self.takes_settings = False
         self.model: str = str(getattr(target, "model", None) or "custom")
         self.description: str = str(getattr(target, "description", None) or "")
         if not self.description and inspect.isroutine(target):
@@ -140,7 +145,9 @@ def adapt_agent(target: Any, name: str | None = None) -> RegisteredAgent:
     if type(target) is Agent:
         # the built-in agent already yields the server's events, batches included:
         # no per-event check, no adapter layer, not even a Python frame
-        return RegisteredAgent(name, target, functools.partial(run_loop, target))
+        entry = RegisteredAgent(name, target, functools.partial(run_loop, target))
+        entry.takes_settings = True
+        return entry
     if stream_method is not None and callable(stream_method):
         return RegisteredAgent(name, target, _from_generator(stream_method))
     if run_method is not None and inspect.iscoroutinefunction(run_method):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.types import Receive
@@ -158,13 +158,16 @@ class Run:
         "detached_at",
         "final",
         "head",
+        "history",
         "id",
         "info",
         "input",
         "journal",
+        "outcome",
         "result",
         "seq",
         "session_id",
+        "settings",
     )
 
     def __init__(
@@ -175,10 +178,15 @@ class Run:
         session_id: str | None,
         *,
         background: bool = False,
+        history: Sequence[Message] = (),
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.context = context
         self.agent = agent
         self.input = input
+        self.history = history  # what came before `input`, unless a session has it
+        # model settings of this run (`temperature`, `max_tokens`), for an agent that takes them
+        self.settings = settings if settings and agent.takes_settings else None
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.background = background  # no disconnect cancels it
         self.id = new_run_id()
@@ -195,6 +203,7 @@ class Run:
         # what the turn produced, once the agent's stream is closed: also after a
         # failure or a cancel, for a transport that ends every turn with `done`
         self.result: DoneEvent | None = None
+        self.outcome: DoneEvent | ErrorEvent | None = None  # the run's last event, once ended
         self.final = b""  # the last frames: `done` or `error`, then `[DONE]`
 
     def open(self, *, idempotency_key: str | None = None, fingerprint: str = "") -> Awaitable[RunInfo]:
@@ -239,7 +248,7 @@ class Run:
                 turn.on_disconnect = self.detach
                 try:
                     if self.session_id is None:
-                        done = await self._drive(turn, [], emit)
+                        done = await self._drive(turn, self.history, emit)
                     else:
                         store = self.context.store
                         async with store.lock(self.session_id):
@@ -281,6 +290,7 @@ class Run:
             last = self.error_event(exc)
             info.status = "cancelled" if last.code == "cancelled" else "failed"
             info.error = RunError(code=last.code, message=last.error)
+        self.outcome = last
         info.ended_at = datetime.now(UTC)
         result = self.result
         if result is not None:
@@ -361,12 +371,16 @@ class Run:
         if self._turn is turn and not await self.journal.touched_since(self.id, self.detached_at):
             turn.drop()
 
-    async def _drive(self, turn: Turn, history: list[Message], emit: Emit | None) -> DoneEvent:
+    async def _drive(self, turn: Turn, history: Sequence[Message], emit: Emit | None) -> DoneEvent:
         agent = self.agent
         transcript = _Transcript(keep_messages=self.session_id is not None)
         record = transcript.record
         text = transcript.text
-        stream = agent.stream(self.input, history)
+        stream = (
+            agent.stream(self.input, history)
+            if self.settings is None
+            else agent.stream(self.input, history, **self.settings)
+        )
         journal = self.journal
         max_bytes = self.context.limits.max_run_journal_bytes
         head = self.head
@@ -436,13 +450,18 @@ def start_run(
     *,
     source: str = "body",
     background: bool = False,
+    history: Sequence[Message] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> Run:
     """A run of the named (or default) agent; raises before anything is sent.
 
     `source` (`body` or `query`) is where a too-long `input` is reported.
+    `history` (messages before `input`) serves a run without a session; a
+    session's stored history wins over it.
     """
     context.limits.check_input(input, source)
-    run = Run(context, context.agents.resolve(agent_name), input, session_id, background=background)
+    agent = context.agents.resolve(agent_name)
+    run = Run(context, agent, input, session_id, background=background, history=history, settings=settings)
     context.guard.admit()  # a 503 now, rather than an error event once streaming
     return run
 

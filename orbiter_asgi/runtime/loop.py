@@ -148,10 +148,16 @@ class _Step:
 
 
 async def run_loop(
-    agent: Agent, input: str, messages: Sequence[Message]
+    agent: Agent,
+    input: str,
+    messages: Sequence[Message],
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
 ) -> AsyncIterator[AgentItem]:
     """Run `agent` on `input` after `messages`; yields events as they come,
-    and lists of the text deltas that came together."""
+    and lists of the text deltas that came together. `temperature` and
+    `max_tokens` override the agent's own for this run (a request's settings)."""
     provider, model_name = agent.provider_and_model()
     history = [*messages, Message(role="user", content=input)]
     tools = agent.tool_map
@@ -162,8 +168,8 @@ async def run_loop(
             messages=history,
             system=agent.instructions or None,
             tools=specs,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
+            temperature=agent.temperature if temperature is None else temperature,
+            max_tokens=agent.max_tokens if max_tokens is None else max_tokens,
         )
         step = _Step()
         events = provider.stream(request)
