@@ -44,6 +44,7 @@ from ._version import __version__
 from .agents import agent_router
 from .exceptions import OrbiterError
 from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail, RunAccepted
+from .protocols import agui_router, openai_router
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
 from .routing import MethodDecorators, Operation, Router
@@ -518,7 +519,7 @@ def create_app(
     stack = security_middleware(keys, cors_origins or (), public)
     return OrbiterApp(
         AppContext(registry, session_store, limits),
-        [chat_router, agent_router, session_router, stream_router, run_router],
+        [chat_router, agent_router, session_router, stream_router, run_router, openai_router, agui_router],
         title=title,
         version=version,
         debug=debug,
