@@ -97,16 +97,19 @@ class ChatEndpoint(Endpoint):
             await _answer_run(send, context, *resume, stream=request.stream, heartbeat=heartbeat)
             return
         run = start_chat(context, request)
-        info = await run.open(
-            idempotency_key=idempotency_scope(scope, key) if key else None,
-            fingerprint=hashlib.sha256(body).hexdigest() if key else "",
-        )
-        if info.id != run.id:  # a repeat of an earlier request: its run answers
-            await _answer_run(send, context, info.id, 0, stream=request.stream, heartbeat=heartbeat)
-            return
+        if key:
+            info = await run.open(
+                idempotency_key=idempotency_scope(scope, key), fingerprint=hashlib.sha256(body).hexdigest()
+            )
+            if info.id != run.id:  # a repeat of an earlier request: its run answers
+                await _answer_run(send, context, info.id, 0, stream=request.stream, heartbeat=heartbeat)
+                return
+        # else the run is recorded as it starts (`drive`), or before a background run is answered
         if request.stream:
             await send_event_stream(send, run, receive, heartbeat=heartbeat)
         elif request.background:
+            if run.info is None:
+                await run.open()  # recorded before its id is handed out
             context.spawn(_in_background(run))
             location = scope.get("root_path", "") + f"/runs/{run.id}"
             headers = [(b"location", location.encode()), (b"x-run-id", run.id.encode())]
