@@ -15,6 +15,10 @@ handshake is refused before it is accepted: with that same 401 when the
 server supports the ASGI WebSocket denial-response extension, else with a
 `websocket.close` (code 1008), which servers answer with a 403.
 
+Under `/v1/` (OpenAI's API, `orbiter_asgi.protocols.openai`) the 401 body is
+OpenAI's `{"error": {..., "code": "invalid_api_key"}}`, so OpenAI's SDKs
+raise their `AuthenticationError`.
+
 `/openapi.json` stays public: it describes the API and holds no data, and
 clients and tools are generated from it; so do `/docs` and `/redoc`, which
 only show it. Pass `public_paths=()` to lock them too. CORS preflight
@@ -52,8 +56,16 @@ __all__ = [
 API_KEYS_ENV = "ORBITER_API_KEYS"
 DEFAULT_PUBLIC_PATHS = ("/openapi.json",)
 
+
+def _openai_unauthorized(message: str) -> bytes:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    return encode({"error": error})
+
+
 _MISSING = encode(ErrorDetail("Not authenticated: send Authorization: Bearer <key> or X-API-Key"))
 _INVALID = encode(ErrorDetail("Invalid API key"))
+_OPENAI_MISSING = _openai_unauthorized("You didn't provide an API key: send Authorization: Bearer <key>")
+_OPENAI_INVALID = _openai_unauthorized("Incorrect API key provided")
 _REF = "#/components/schemas/{name}"
 _CHALLENGE = b'Bearer realm="orbiter"'
 _CHALLENGE_INVALID = b'Bearer realm="orbiter", error="invalid_token"'
@@ -128,6 +140,8 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         body, challenge = (_MISSING, _CHALLENGE) if presented is None else (_INVALID, _CHALLENGE_INVALID)
+        if _app_path(scope).startswith("/v1/"):  # OpenAI's API: its clients read OpenAI's shape
+            body = _OPENAI_MISSING if presented is None else _OPENAI_INVALID
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
