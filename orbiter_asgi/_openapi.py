@@ -46,6 +46,8 @@ def openapi_document(
     types: list[Any] = [ValidationErrorResponse, Event]
     for op in operations:
         types.extend(t for t in (op.request, op.response, *op.responses.values()) if t is not None)
+        if op.events is not True and op.events is not False:
+            types.append(op.events)
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template=_REF)
     schema_of = dict(zip(unique, schemas, strict=True))
@@ -67,8 +69,9 @@ def openapi_document(
         if op.status != 204:
             schema = schema_of[op.response] if op.response is not None else {}
             success["content"] = _content(schema, op.media_type)
-            if op.events:
-                success["content"].update(_content(schema_of[Event], "text/event-stream"))
+            if op.events is not False:
+                payload = Event if op.events is True else op.events
+                success["content"].update(_content(schema_of[payload], "text/event-stream"))
         responses: dict[str, Any] = {str(op.status): success}
         for status, error_type in op.responses.items():
             responses[str(status)] = {

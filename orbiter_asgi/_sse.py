@@ -31,6 +31,7 @@ __all__ = [
     "SSE_HEADERS",
     "StreamEncoder",
     "done_frame",
+    "escape_separators",
     "frame",
     "resume_point",
     "send_event_stream",
@@ -45,7 +46,8 @@ SSE_HEADERS = [
 ]
 HEARTBEAT = b": ping\n\n"
 
-def _escape_separators(chunk: bytes) -> bytes:
+def escape_separators(chunk: bytes) -> bytes:
+    """`chunk`, SSE frames of JSON, with U+0085, U+2028 and U+2029 escaped."""
     # msgspec escapes CR and LF inside strings, so one `data:` line is always
     # enough for an SSE parser; U+0085, U+2028 and U+2029 it leaves raw, and
     # line readers that split like str.splitlines (httpx's `aiter_lines`, as in
@@ -66,7 +68,7 @@ def frame(head: bytes, seq: int, event: Event) -> bytes:
 
     `head` is the run's `id: <run_id>:`, made once per stream.
     """
-    return _escape_separators(b"%b%d\ndata: %b\n\n" % (head, seq, encode(event)))
+    return escape_separators(b"%b%d\ndata: %b\n\n" % (head, seq, encode(event)))
 
 
 def done_frame(head: bytes, seq: int) -> bytes:
@@ -88,7 +90,7 @@ def text_frames(head: bytes, first_seq: int, texts: Sequence[str]) -> bytes:
     encoded = encode(texts)
     if b"\\" in encoded and b'\\"' in encoded:  # one byte is found ~5x faster than two
         return b"".join([frame(head, n, TextEvent(text)) for n, text in enumerate(texts, first_seq)])
-    strings = _escape_separators(encoded)[2:-2].split(b'","')
+    strings = escape_separators(encoded)[2:-2].split(b'","')
     # each frame's end and the next one's head are one part: three parts a frame
     between = _TEXT_END + head
     parts = [between] * (3 * len(strings))

@@ -52,7 +52,8 @@ class Operation(msgspec.Struct, kw_only=True):
     responses: dict[int, Any] = msgspec.field(default_factory=dict)
     tags: list[str] = msgspec.field(default_factory=list)
     media_type: str = "application/json"
-    events: bool = False  # also answers `text/event-stream` of `Event`s
+    # also answers `text/event-stream`: of the run's `Event`s when True, else of this type
+    events: Any = False
 
 
 class JSONContent(Response):

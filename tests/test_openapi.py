@@ -24,6 +24,9 @@ async def test_openapi_31_document_from_the_structs(client: httpx.AsyncClient) -
         "/runs/{run_id}",
         "/runs/{run_id}/events",
         "/runs/{run_id}/cancel",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/agents/{agent_name}/ag-ui",
     }
     chat = spec["paths"]["/chat"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"] == {
