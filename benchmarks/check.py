@@ -10,6 +10,10 @@ The peers speak the streaming contract as it was before runs (`id: N`, no
 `start` event, no `run_id`); orbiter_asgi speaks it with them (`id:
 <run_id>:N`, a `start` first, `run_id` in `done` and in JSON answers). Both
 pass, and answers are compared with the run's marks taken out.
+
+OpenAI's Chat Completions (`/v1/chat/completions`) is checked only on the
+targets its scenarios run on (see `HttpScenario.targets`): each answer's
+id is `chatcmpl-<run_id>`, the text is the input, usage counts its words.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
-from .scenarios import AGENT, chat_body, stream_path, words
+from .scenarios import AGENT, HTTP_SCENARIOS, chat_body, openai_body, stream_path, words
 
 __all__ = ["CheckError", "answers", "compare"]
+
+
+_SCENARIOS = {s.name: s for s in HTTP_SCENARIOS}
 
 
 class CheckError(AssertionError):
@@ -66,6 +73,38 @@ def _unmarked(events: list[Any]) -> list[Any]:
     return [{k: v for k, v in event.items() if k != "run_id"} for event in events]
 
 
+def _openai_json(response: httpx.Response, input: str) -> Any:
+    _expect(response.status_code == 200, f"/v1/chat/completions {response.status_code}: {response.text}")
+    body = response.json()
+    _expect(body["id"] == f"chatcmpl-{response.headers.get('x-run-id')}", "completion id is not the run's")
+    _expect(body["object"] == "chat.completion" and body["model"] == AGENT, "completion object or model")
+    choice = {"index": 0, "message": {"role": "assistant", "content": input}, "finish_reason": "stop"}
+    _expect(body["choices"] == [{**choice, "logprobs": None}], "completion choices are not the input")
+    words_in = len(input.split())
+    usage = {"prompt_tokens": words_in, "completion_tokens": words_in, "total_tokens": 2 * words_in}
+    _expect(body["usage"] == usage, f"completion usage {body['usage']}")
+    return {k: v for k, v in body.items() if k not in ("id", "created")}
+
+
+def _openai_sse(response: httpx.Response, input: str) -> list[Any]:
+    _expect(response.status_code == 200, f"OpenAI SSE status {response.status_code}")
+    media = response.headers.get("content-type", "")
+    _expect(media.startswith("text/event-stream"), f"OpenAI SSE content-type {media!r}")
+    blocks = [b for b in response.text.split("\n\n") if b]
+    _expect(blocks[-1] == "data: [DONE]", "OpenAI SSE stream does not end with data: [DONE]")
+    _expect(all(b.startswith("data: ") and "\n" not in b for b in blocks), "OpenAI SSE: not one data line")
+    chunks = [json.loads(b[len("data: ") :]) for b in blocks[:-1]]
+    completion_id = f"chatcmpl-{response.headers.get('x-run-id')}"
+    _expect({c["id"] for c in chunks} == {completion_id}, "chunk ids are not the run's")
+    _expect({c["object"] for c in chunks} == {"chat.completion.chunk"}, "chunk object")
+    choices = [c["choices"][0] for c in chunks]
+    _expect(choices[0]["delta"] == {"role": "assistant", "content": ""}, "first chunk has no role")
+    _expect([c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + ["stop"], "finish_reason")
+    text = "".join(c["delta"].get("content", "") for c in choices)
+    _expect(text == input, "OpenAI SSE text is not the input")
+    return choices
+
+
 def _ws_turns(url: str, inputs: list[str], session_id: str | None) -> list[list[Any]]:
     turns: list[list[Any]] = []
     with connect(url, open_timeout=10, close_timeout=5) as socket:
@@ -103,6 +142,13 @@ def answers(base_url: str, tag: str) -> dict[str, Any]:
         result["chat_sse"] = _sse(post, words(100))
         result["stream_get"] = _sse(client.get(stream_path(1000)), words(1000))
 
+        if _SCENARIOS["chat_openai"].serves(tag):
+            path, json_type = "/v1/chat/completions", {"content-type": "application/json"}
+            post = client.post(path, content=openai_body(20), headers=json_type)
+            result["chat_openai"] = _openai_json(post, input20)
+            post = client.post(path, content=openai_body(100, stream=True), headers=json_type)
+            result["chat_openai_sse"] = _openai_sse(post, words(100))
+
         response = client.get("/agents")
         _expect(response.status_code == 200, f"/agents status {response.status_code}")
         result["agents"] = response.json()
@@ -132,4 +178,6 @@ def answers(base_url: str, tag: str) -> dict[str, Any]:
 
 def compare(reference_name: str, reference: dict[str, Any], name: str, other: dict[str, Any]) -> None:
     for key, value in reference.items():
+        if key in _SCENARIOS and not _SCENARIOS[key].serves(name):
+            continue
         _expect(other.get(key) == value, f"{name} answers {key} unlike {reference_name}")

@@ -254,7 +254,9 @@ def _measure(args: argparse.Namespace, targets: list[Target], argv: list[str]) -
 
         for scenario in http:
             names = (
-                ["orbiter_asgi+sqlite"] if scenario.store == "sqlite" else [t.name for t in targets]
+                ["orbiter_asgi+sqlite"]
+                if scenario.store == "sqlite"
+                else [t.name for t in targets if scenario.serves(t.name)]
             )
             results = {n: Measurement(scenario.name, n, _unit(scenario), note=scenario.note) for n in names}
             for name in names:

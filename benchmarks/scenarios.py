@@ -1,6 +1,9 @@
 """The scenarios: what each sends, and the payloads, built once and shared.
 
 Inputs are made of a fixed vocabulary so every run sends the same bytes.
+A scenario with `targets` runs only on those (and their `+` variants): the
+peers do not serve OpenAI's API, and neither does a `--baseline` commit
+that may predate it.
 """
 
 from __future__ import annotations
@@ -9,7 +12,17 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-__all__ = ["AGENT", "HTTP_SCENARIOS", "WS_SCENARIOS", "HttpScenario", "WsScenario", "words"]
+__all__ = [
+    "AGENT",
+    "HTTP_SCENARIOS",
+    "WS_SCENARIOS",
+    "HttpScenario",
+    "WsScenario",
+    "chat_body",
+    "openai_body",
+    "stream_path",
+    "words",
+]
 
 AGENT = "assistant"
 _VOCABULARY = [
@@ -32,6 +45,14 @@ def chat_body(n: int, *, stream: bool = False, session_id: str | None = None) ->
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def openai_body(n: int, *, stream: bool = False) -> bytes:
+    """A Chat Completions request of `n` words to the agent, by its model name."""
+    body: dict[str, object] = {"model": AGENT, "messages": [{"role": "user", "content": words(n)}]}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def stream_path(n: int) -> str:
     return "/stream?" + urlencode({"agent_name": AGENT, "input": words(n)})
 
@@ -49,6 +70,10 @@ class HttpScenario:
     connections: int = 64
     note: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()  # the only targets that serve it; empty: all
+
+    def serves(self, target: str) -> bool:
+        return not self.targets or target.partition("+")[0] in self.targets
 
 
 @dataclass(frozen=True)
@@ -62,6 +87,22 @@ HTTP_SCENARIOS = [
     HttpScenario("chat_json", "POST", "/chat", chat_body(20), note="POST /chat, 20 words"),
     HttpScenario(
         "chat_sse", "POST", "/chat", chat_body(100, stream=True), note="POST /chat stream, 100 words"
+    ),
+    HttpScenario(
+        "chat_openai",
+        "POST",
+        "/v1/chat/completions",
+        openai_body(20),
+        note="POST /v1/chat/completions, 20 words",
+        targets=("orbiter_asgi",),
+    ),
+    HttpScenario(
+        "chat_openai_sse",
+        "POST",
+        "/v1/chat/completions",
+        openai_body(100, stream=True),
+        note="POST /v1/chat/completions stream, 100 words",
+        targets=("orbiter_asgi",),
     ),
     HttpScenario(
         "stream_get", "GET", stream_path(1000), connections=32, note="GET /stream, 1,000 words"
