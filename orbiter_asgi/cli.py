@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
+from ._logging import JSONLines, uvicorn_log_config
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -191,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--server", choices=["uvicorn", "hypercorn"], default="uvicorn")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object a line, the access log and the run log included",
+    )
     for flag, kind, text in _LIMIT_FLAGS:
         serve.add_argument(flag, type=kind, default=None, help=text)
     serve.add_argument(
@@ -237,12 +245,14 @@ def _serve(args: argparse.Namespace) -> None:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            log_config=uvicorn_log_config(args.log_level, args.log_format),
             access_log=not args.no_access_log,
             timeout_graceful_shutdown=shutdown_timeout,
         )
     else:
         uvicorn.run(
             app, host=args.host, port=args.port, log_level=args.log_level,
+            log_config=uvicorn_log_config(args.log_level, args.log_format),
             access_log=not args.no_access_log, timeout_graceful_shutdown=shutdown_timeout,
         )
 
@@ -264,6 +274,14 @@ def _serve_hypercorn(app: ASGIApp, args: argparse.Namespace) -> None:
     except ImportError:
         raise SystemExit("hypercorn is not installed: pip install 'orbiter-asgi[hypercorn]'") from None
     import asyncio
+
+    # hypercorn keeps its own log format; the run log follows `--log-format`
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONLines() if args.log_format == "json" else logging.Formatter("%(message)s"))
+    runs_logger = logging.getLogger("orbiter_asgi")
+    runs_logger.addHandler(handler)
+    runs_logger.setLevel(args.log_level.upper())
+    runs_logger.propagate = False
 
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]

@@ -6,7 +6,8 @@ The only door into the turn machinery; transports import from here.
 - `turn`: `Turn`, the cancel scope of a running turn;
 - `guard`: `RunGuard`, admission, deadlines and draining of an app's turns;
 - `follow`: serving a run that already exists, from the store's run journal
-  (`orbiter_asgi.stores.journal`).
+  (`orbiter_asgi.stores.journal`);
+- `log`: the run log, one record per run end.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from ..models import (
 )
 from ..registry import RegisteredAgent
 from ..runtime.loop import AgentEvent, tool_message
+from .log import log_run_end
 from .turn import Turn
 
 if TYPE_CHECKING:
@@ -155,8 +156,10 @@ class Run:
         "agent",
         "background",
         "context",
+        "created",
         "detached_at",
         "final",
+        "first_output",
         "head",
         "history",
         "id",
@@ -190,6 +193,8 @@ class Run:
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
         self.background = background  # no disconnect cancels it
         self.id = new_run_id()
+        self.created = time.monotonic()
+        self.first_output: float | None = None  # monotonic time of its first text or tool call
         self.head = b""  # `id: <run_id>:`, of every SSE frame of a streamed run
         self.seq = 0  # frames so far
         self.journal = context.store.runs
@@ -300,6 +305,7 @@ class Run:
             frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
             self.seq += 2
             self.final = self._unsent + frames[0] + frames[1]
+        log_run_end(self)
         limits = self.context.limits
         return self.journal.finish(
             info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
@@ -387,6 +393,8 @@ class Run:
         emitting = False  # whether an error comes from `emit`, not from the agent
         try:
             async for item in stream:
+                if self.first_output is None and type(item) is not Usage:
+                    self.first_output = time.monotonic()
                 if type(item) is list:  # text deltas that were ready together stay together
                     text += item
                     if emit is not None:
