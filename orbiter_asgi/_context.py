@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import Scope
@@ -20,7 +20,7 @@ from ._http import DEFAULT_MAX_BODY
 from .exceptions import RequestError
 from .models import ValidationErrorItem
 from .registry import AgentRegistry, registered_agents
-from .runs import RunGuard
+from .runs import Run, RunGuard
 from .stores import MemoryStore, SessionStore
 from .stores.base import MAX_PAGE_SIZE
 
@@ -156,7 +156,7 @@ def _depth_exceeds(value: Any, budget: int) -> bool:
 
 
 class AppContext:
-    __slots__ = ("_background", "agents", "guard", "limits", "store")
+    __slots__ = ("_background", "agents", "guard", "limits", "run_observers", "store")
 
     def __init__(self, agents: AgentRegistry, store: SessionStore, limits: Limits) -> None:
         self.agents = agents
@@ -164,6 +164,8 @@ class AppContext:
         self.limits = limits
         self.guard = RunGuard(limits)
         self._background: set[asyncio.Task[Any]] = set()
+        # called with each run of the app as it ends (its record says how): metrics and such
+        self.run_observers: list[Callable[[Run], None]] = []
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` (a background run) in a task of its own; the guard's

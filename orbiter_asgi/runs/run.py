@@ -306,6 +306,8 @@ class Run:
             self.seq += 2
             self.final = self._unsent + frames[0] + frames[1]
         log_run_end(self)
+        for observe in self.context.run_observers:
+            observe(self)
         limits = self.context.limits
         return self.journal.finish(
             info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
