@@ -42,6 +42,7 @@ from ..models import (
 )
 from ..registry import RegisteredAgent
 from ..runtime.loop import AgentEvent, tool_message
+from ..tracing import RunSpan, end_run_span, start_run_span
 from .log import log_run_end
 from .turn import Turn
 
@@ -150,6 +151,7 @@ class Run:
     __slots__ = (
         "_appending",
         "_grace",
+        "_span",
         "_stopped",
         "_turn",
         "_unsent",
@@ -204,6 +206,7 @@ class Run:
         self._grace: asyncio.TimerHandle | None = None
         self._appending: bytes | None = None  # frames being journaled
         self._unsent = b""  # frames journaled whose sending a cancel cut short
+        self._span: RunSpan | None = None  # its OpenTelemetry span, current while it drives
         self.detached_at: float | None = None  # when the transport lost its client
         # what the turn produced, once the agent's stream is closed: also after a
         # failure or a cancel, for a transport that ends every turn with `done`
@@ -242,6 +245,7 @@ class Run:
         if self.info is None:
             await self.open()
         self.journal.watch(self.id, self.cancel)  # until the journal is told the run ended
+        self._span = start_run_span(self)  # ended by `_end`
         done: DoneEvent | None = None  # None: the client went away, the turn was cancelled
         try:
             if emit is not None:  # first, whatever comes next: a stream begins with `start`
@@ -306,6 +310,8 @@ class Run:
             self.seq += 2
             self.final = self._unsent + frames[0] + frames[1]
         log_run_end(self)
+        if self._span is not None:
+            end_run_span(self._span, self)
         for observe in self.context.run_observers:
             observe(self)
         limits = self.context.limits

@@ -22,6 +22,7 @@ import msgspec
 from ..exceptions import MaxStepsExceeded, ProviderError
 from ..models import Message, TextEvent, ToolCall, ToolCallEvent, ToolResultEvent, Usage
 from ..providers.base import InvalidToolCall, ModelEvent, ModelRequest
+from ..tracing import ChatSpan, tracer
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ async def run_loop(
     history = [*messages, Message(role="user", content=input)]
     tools = agent.tool_map
     specs = [t.spec for t in tools.values()]
+    tracer_ = tracer()  # None unless an OpenTelemetry SDK records spans
     for _ in range(agent.max_steps):
         request = ModelRequest(
             model=model_name,
@@ -173,6 +175,8 @@ async def run_loop(
         )
         step = _Step()
         events = provider.stream(request)
+        if tracer_ is not None:  # a `chat {model}` span around the call
+            events = ChatSpan.start(tracer_, agent.model, request, events)
         try:
             async for item in events:
                 if type(item) is not list:
