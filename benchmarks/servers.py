@@ -50,6 +50,8 @@ TARGETS = [
     Target("fastapi", "benchmarks.peers.fastapi_app:app"),
     # orbiter_asgi with its run journal switched off: what journaling costs
     Target("orbiter_asgi+no_journal", "benchmarks.peers.orbiter_app:app", env=(("BENCH_JOURNAL", "off"),)),
+    # orbiter_asgi without Prometheus metrics: what /metrics costs the request path
+    Target("orbiter_asgi+no_metrics", "benchmarks.peers.orbiter_app:app", env=(("BENCH_METRICS", "off"),)),
 ]
 
 

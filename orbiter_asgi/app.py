@@ -15,7 +15,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -43,6 +43,8 @@ from ._sse import resume_point, send_event_stream, send_journal_stream
 from ._version import __version__
 from .agents import agent_router
 from .exceptions import OrbiterError
+from .health import health_router
+from .metrics import HTTPMetrics, TimedStore, open_metrics
 from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail, RunAccepted
 from .protocols import agui_router, openai_router
 from .providers import aclose_providers
@@ -61,6 +63,10 @@ from .sessions import session_router
 from .stores import SessionStore, open_store
 from .stores.base import MAX_PAGE_SIZE
 from .streaming import stream_router
+from .tracing import tracing_middleware
+
+if TYPE_CHECKING:
+    from .metrics.prometheus import Metrics
 
 __all__ = [
     "ChatRequest",
@@ -260,8 +266,10 @@ class OrbiterApp(MethodDecorators, Starlette):
         drain_on_signal: bool = True,
         docs_url: str | None = "/docs",
         redoc_url: str | None = "/redoc",
+        metrics: Metrics | None = None,
     ) -> None:
         self.context = context
+        self.metrics = metrics
         self.secured = secured
         self.drain_on_signal = drain_on_signal
         self.title = title
@@ -286,6 +294,11 @@ class OrbiterApp(MethodDecorators, Starlette):
         for url, kind in ((docs_url, "swagger"), (redoc_url, "redoc")):
             if url is not None:
                 self.router.routes.append(Route(url, DocsPage(kind, title=title), methods=["GET"]))
+        self._counted: HTTPMetrics | None = None
+        if metrics is not None:
+            self.router.routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
+            # outermost, around the whole stack: it sees every status, 401s and 500s too
+            self._counted = HTTPMetrics(self._serve, metrics, self.router.routes)
 
     @property
     def agents(self) -> AgentRegistry:
@@ -293,7 +306,10 @@ class OrbiterApp(MethodDecorators, Starlette):
 
     @property
     def store(self) -> SessionStore:
-        return self.context.store
+        """The store the app was given (requests reach it through a timing
+        proxy when metrics are on)."""
+        store = self.context.store
+        return store.wrapped if isinstance(store, TimedStore) else store
 
     def drain(self, grace: float | None = None) -> None:
         """Begin a graceful shutdown: refuse new turns (503, code `shutdown`) and
@@ -321,6 +337,13 @@ class OrbiterApp(MethodDecorators, Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.context
+        counted = self._counted
+        if counted is not None and scope["type"] != "lifespan":
+            await counted(scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "lifespan" and not self.user_middleware:
             # our own endpoints on fixed paths render their own errors: with no
@@ -452,9 +475,12 @@ def create_app(
     drain_on_signal: bool = True,
     middleware: Sequence[Middleware] | None = None,
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+    metrics: bool | None = None,
+    tracing: bool | None = None,
 ) -> OrbiterApp:
     """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`,
-    `/runs`, `/openapi.json`, `/docs` and `/redoc`.
+    `/runs`, `/v1` (OpenAI), `/agents/{name}/ag-ui`, `/healthz`, `/readyz`,
+    `/openapi.json`, `/docs` and `/redoc`.
 
     Parameters:
         agents: the agents to serve; by default the module-level registry that
@@ -484,11 +510,16 @@ def create_app(
         api_keys: keys accepted as `Authorization: Bearer <key>` or `X-API-Key`;
             by default `$ORBITER_API_KEYS` (comma-separated); empty: no auth.
         cors_origins: origins allowed by CORS (`["*"]` for any); None: no CORS.
-        public_paths: paths served without a key (default: `/openapi.json`, and
-            with it the pages that show it).
+        public_paths: paths served without a key (default: `/openapi.json`, with
+            the pages that show it, `/healthz` and `/readyz`).
         docs_url, redoc_url: where Swagger UI and ReDoc show the OpenAPI
             document, as in FastAPI; None turns a page off.
         drain_on_signal: drain on SIGTERM/SIGINT while the lifespan runs.
+        metrics: Prometheus metrics at `GET /metrics` (README: Monitoring); None:
+            on when prometheus-client is installed (`orbiter-asgi[metrics]`).
+        tracing: continue a caller's W3C `traceparent` in run spans (OpenTelemetry,
+            `orbiter-asgi[otel]`). None: when an SDK is configured by the time the
+            app is built; False: never. Runs are traced whenever an SDK is set.
     """
     if agents is None:
         registry = AgentRegistry(parent=registered_agents)  # its own, over the module's
@@ -520,18 +551,31 @@ def create_app(
     if "/openapi.json" in public:  # the pages show nothing the document does not
         public += [url for url in (docs_url, redoc_url) if url is not None]
     stack = security_middleware(keys, cors_origins or (), public)
+    traced = [] if tracing is False else tracing_middleware(always=tracing is True)
+    context = AppContext(registry, session_store, limits)
+    store_kind = store if isinstance(store, str) else type(store).__name__.removesuffix("Store").lower()
     return OrbiterApp(
-        AppContext(registry, session_store, limits),
-        [chat_router, agent_router, session_router, stream_router, run_router, openai_router, agui_router],
+        context,
+        [
+            chat_router,
+            agent_router,
+            session_router,
+            stream_router,
+            run_router,
+            health_router,
+            openai_router,
+            agui_router,
+        ],
         title=title,
         version=version,
         debug=debug,
-        middleware=[*stack, *(middleware or ())],
+        middleware=[*traced, *stack, *(middleware or ())],
         lifespan=lifespan,
         secured=bool(keys),
         drain_on_signal=drain_on_signal,
         docs_url=docs_url,
         redoc_url=redoc_url,
+        metrics=open_metrics(context, metrics, store=store_kind),
     )
 
 

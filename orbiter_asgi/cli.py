@@ -173,6 +173,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["api_keys"] = args.api_key
     if args.cors_origin:
         options["cors_origins"] = args.cors_origin
+    if args.no_metrics:
+        options["metrics"] = False
     return options
 
 
@@ -207,6 +209,12 @@ def _parser() -> argparse.ArgumentParser:
         help="require this key (Bearer or X-API-Key); repeatable; default: $ORBITER_API_KEYS",
     )
     serve.add_argument("--cors-origin", action="append", help="allow this CORS origin; repeatable")
+    serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="no GET /metrics, even with prometheus-client installed (an app the target "
+        "built itself: create_app(metrics=False))",
+    )
     return parser
 
 

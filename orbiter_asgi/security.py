@@ -19,9 +19,15 @@ Under `/v1/` (OpenAI's API, `orbiter_asgi.protocols.openai`) the 401 body is
 OpenAI's `{"error": {..., "code": "invalid_api_key"}}`, so OpenAI's SDKs
 raise their `AuthenticationError`.
 
-`/openapi.json` stays public: it describes the API and holds no data, and
-clients and tools are generated from it; so do `/docs` and `/redoc`, which
-only show it. Pass `public_paths=()` to lock them too. CORS preflight
+What stays public, `DEFAULT_PUBLIC_PATHS`: `/openapi.json`, which
+describes the API and holds no data, and clients and tools are generated
+from it (and with it `/docs` and `/redoc`, which only show it); and the
+health checks `/healthz` and `/readyz` (`health.py`), since load balancers
+and Kubernetes probes send no key, and they tell only whether this worker
+is up and ready. `public_paths` is taken as given: a list of your own
+replaces the defaults, so add them to it
+(`public_paths=[*DEFAULT_PUBLIC_PATHS, "/status"]`) to keep probes
+working; `public_paths=()` locks everything. CORS preflight
 (`OPTIONS` with `Access-Control-Request-Method`) never needs a key; browsers
 do not send one.
 """
@@ -54,7 +60,7 @@ __all__ = [
 ]
 
 API_KEYS_ENV = "ORBITER_API_KEYS"
-DEFAULT_PUBLIC_PATHS = ("/openapi.json",)
+DEFAULT_PUBLIC_PATHS = ("/openapi.json", "/healthz", "/readyz")
 
 
 def _openai_unauthorized(message: str) -> bytes:

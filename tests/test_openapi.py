@@ -24,6 +24,8 @@ async def test_openapi_31_document_from_the_structs(client: httpx.AsyncClient) -
         "/runs/{run_id}",
         "/runs/{run_id}/events",
         "/runs/{run_id}/cancel",
+        "/healthz",
+        "/readyz",
         "/v1/models",
         "/v1/chat/completions",
         "/agents/{agent_name}/ag-ui",

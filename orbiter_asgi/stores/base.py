@@ -141,4 +141,9 @@ class SessionStore(Protocol):
         """Serializes chat turns on one session."""
         ...
 
+    async def ping(self) -> None:
+        """Return once the backend answers, within the store's own timeout;
+        `StoreError` when it does not. `GET /readyz` asks this."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -152,5 +152,8 @@ class MemoryStore:
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         return self._locks(session_id)
 
+    async def ping(self) -> None:
+        return None  # in this process: it answers whenever the process does
+
     async def aclose(self) -> None:
         return None

@@ -315,6 +315,14 @@ class RedisStore:
 
         return await self._call(work)
 
+    async def ping(self) -> None:
+        """`PING`, with the store's timeouts and retries; `StoreError` when Redis is away."""
+
+        async def work(client: aioredis.Redis) -> None:
+            await client.ping()
+
+        await self._call(work)
+
     async def aclose(self) -> None:
         await self._journal.aclose()
         await self._lease.aclose()

@@ -381,6 +381,14 @@ class SQLiteStore:
             raise result
         return result
 
+    async def ping(self) -> None:
+        """`SELECT 1` on a pooled connection: the file opens, and a thread is free."""
+        await self._run(self._ping)
+
+    @staticmethod
+    def _ping(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT 1").fetchone()
+
     async def aclose(self) -> None:
         await self._journal.aclose()
         await self._lease.aclose()
