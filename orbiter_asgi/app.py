@@ -46,6 +46,7 @@ from .exceptions import OrbiterError
 from .health import health_router
 from .metrics import HTTPMetrics, TimedStore, open_metrics
 from .models import ChatRequest, ChatResponse, DoneEvent, ErrorDetail, RunAccepted
+from .playground import PlaygroundPage, RootFallback
 from .protocols import agui_router, openai_router
 from .providers import aclose_providers
 from .registry import AgentRegistry, registered_agents
@@ -267,6 +268,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         docs_url: str | None = "/docs",
         redoc_url: str | None = "/redoc",
         metrics: Metrics | None = None,
+        playground: bool = True,
     ) -> None:
         self.context = context
         self.metrics = metrics
@@ -294,6 +296,11 @@ class OrbiterApp(MethodDecorators, Starlette):
         for url, kind in ((docs_url, "swagger"), (redoc_url, "redoc")):
             if url is not None:
                 self.router.routes.append(Route(url, DocsPage(kind, title=title), methods=["GET"]))
+        if playground:
+            page = PlaygroundPage()
+            self.router.routes.append(Route("/playground", page, methods=["GET"]))
+            # `/` only as a fallback: user routes added after create_app come first
+            self.router.default = RootFallback(page, self.router.default)
         self._counted: HTTPMetrics | None = None
         if metrics is not None:
             self.router.routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
@@ -477,10 +484,11 @@ def create_app(
     lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
     metrics: bool | None = None,
     tracing: bool | None = None,
+    playground: bool = True,
 ) -> OrbiterApp:
     """Build the app: `/chat`, `/agents`, `/sessions`, `/stream`, `/ws/chat`,
     `/runs`, `/v1` (OpenAI), `/agents/{name}/ag-ui`, `/healthz`, `/readyz`,
-    `/openapi.json`, `/docs` and `/redoc`.
+    `/openapi.json`, `/docs`, `/redoc` and `/playground`.
 
     Parameters:
         agents: the agents to serve; by default the module-level registry that
@@ -520,6 +528,8 @@ def create_app(
         tracing: continue a caller's W3C `traceparent` in run spans (OpenTelemetry,
             `orbiter-asgi[otel]`). None: when an SDK is configured by the time the
             app is built; False: never. Runs are traced whenever an SDK is set.
+        playground: the chat page at `GET /playground`, and at `/` when no route
+            serves `/` (public, it holds no data); False turns it off.
     """
     if agents is None:
         registry = AgentRegistry(parent=registered_agents)  # its own, over the module's
@@ -550,7 +560,9 @@ def create_app(
     public = list(public_paths)
     if "/openapi.json" in public:  # the pages show nothing the document does not
         public += [url for url in (docs_url, redoc_url) if url is not None]
-    stack = security_middleware(keys, cors_origins or (), public)
+    stack = security_middleware(
+        keys, cors_origins or (), public, public_root=playground and "/playground" in public
+    )
     traced = [] if tracing is False else tracing_middleware(always=tracing is True)
     context = AppContext(registry, session_store, limits)
     store_kind = store if isinstance(store, str) else type(store).__name__.removesuffix("Store").lower()
@@ -576,6 +588,7 @@ def create_app(
         docs_url=docs_url,
         redoc_url=redoc_url,
         metrics=open_metrics(context, metrics, store=store_kind),
+        playground=playground,
     )
 
 

@@ -24,8 +24,10 @@ describes the API and holds no data, and clients and tools are generated
 from it (and with it `/docs` and `/redoc`, which only show it); and the
 health checks `/healthz` and `/readyz` (`health.py`), since load balancers
 and Kubernetes probes send no key, and they tell only whether this worker
-is up and ready. `public_paths` is taken as given: a list of your own
-replaces the defaults, so add them to it
+is up and ready; and the playground page `/playground` (`orbiter_asgi.playground`),
+which holds no data and asks for a key itself (with it `/` while the
+playground answers there, no route of the app serving it). `public_paths`
+is taken as given: a list of your own replaces the defaults, so add them to it
 (`public_paths=[*DEFAULT_PUBLIC_PATHS, "/status"]`) to keep probes
 working; `public_paths=()` locks everything. CORS preflight
 (`OPTIONS` with `Access-Control-Request-Method`) never needs a key; browsers
@@ -47,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._codec import encode
 from .models import ErrorDetail
+from .playground import serves_root
 
 __all__ = [
     "API_KEYS_ENV",
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 API_KEYS_ENV = "ORBITER_API_KEYS"
-DEFAULT_PUBLIC_PATHS = ("/openapi.json", "/healthz", "/readyz")
+DEFAULT_PUBLIC_PATHS = ("/openapi.json", "/healthz", "/readyz", "/playground")
 
 
 def _openai_unauthorized(message: str) -> bytes:
@@ -112,7 +115,9 @@ class APIKeyMiddleware:
     """Lets a request through only with one of `api_keys`.
 
     Accepts `Authorization: Bearer <key>` and `X-API-Key: <key>`. Lifespan
-    events, `public_paths` and CORS preflights pass untouched.
+    events, `public_paths` and CORS preflights pass untouched; with
+    `public_root`, so does `GET`/`HEAD /` while no route of the app serves it
+    (the playground answers it then).
     """
 
     def __init__(
@@ -120,8 +125,10 @@ class APIKeyMiddleware:
         app: ASGIApp,
         api_keys: Iterable[str],
         public_paths: Collection[str] = DEFAULT_PUBLIC_PATHS,
+        public_root: bool = False,
     ) -> None:
         self.app = app
+        self.public_root = public_root
         self._digests = [_digest(key.encode()) for key in api_keys]
         assert self._digests, "APIKeyMiddleware needs at least one key"
         self.public_paths = frozenset(public_paths)
@@ -139,6 +146,9 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if kind == "http" and scope["method"] == "OPTIONS" and _is_preflight(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.public_root and kind == "http" and self._playground_root(scope):
             await self.app(scope, receive, send)
             return
         presented = _presented_key(scope)
@@ -161,6 +171,16 @@ class APIKeyMiddleware:
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": "Not authenticated"})
+
+    @staticmethod
+    def _playground_root(scope: Scope) -> bool:
+        # `/` is public only while the playground answers it: once a route serves `/`, it is locked
+        method = scope["method"]
+        if method not in ("GET", "HEAD") or _app_path(scope) != "/":
+            return False
+        app = scope.get("app")
+        routes = getattr(getattr(app, "router", None), "routes", None)
+        return routes is not None and not serves_root(routes, method)
 
 
 def _app_path(scope: Scope) -> str:
@@ -189,13 +209,18 @@ def security_middleware(
     api_keys: Sequence[str],
     cors_origins: Sequence[str],
     public_paths: Collection[str] = DEFAULT_PUBLIC_PATHS,
+    *,
+    public_root: bool = False,
 ) -> list[Middleware]:
     """CORS outermost (so a 401 still carries CORS headers), then the key check."""
     stack: list[Middleware] = []
     if cors_origins:
         stack.append(cors_middleware(cors_origins))
     if api_keys:
-        stack.append(Middleware(APIKeyMiddleware, api_keys=list(api_keys), public_paths=public_paths))
+        middleware = Middleware(
+            APIKeyMiddleware, api_keys=list(api_keys), public_paths=public_paths, public_root=public_root
+        )
+        stack.append(middleware)
     return stack
 
 
