@@ -104,7 +104,7 @@ def answers(driver: Any) -> list[dict[str, str]]:
 
 def open_page(driver: Any, url: str) -> None:
     driver.get(url)
-    wait_for(lambda: js(driver, "return document.getElementById('agent').options.length") == 2)
+    wait_for(lambda: js(driver, "return document.getElementById('agent').options.length") == 3)
 
 
 def say(driver: Any, agent: str, text: str) -> None:
@@ -229,6 +229,19 @@ def test_tool_calls_and_results_show_as_cards(driver: Any, server: str) -> None:
     card = wait_for(lambda: driver.find_elements("css selector", "details.tool"))[0]
     assert card.get_attribute("open") is None  # folded
     assert "get_weather" in card.text
+    card.find_element("tag name", "summary").click()
+    assert '"city": "Paris"' in card.find_element("css selector", "pre.args").text
+    assert card.find_element("css selector", "pre.result").text == "sunny"
+    assert answers(driver)[-1]["text"] == "It is sunny."
+
+
+def test_a_tool_using_agent_shows_its_cards_as_it_runs(driver: Any, server: str) -> None:
+    open_page(driver, server + "/playground")
+    say(driver, "weather", "weather in Paris?")
+    card = wait_for(lambda: driver.find_elements("css selector", "details.tool"))[0]
+    assert answers(driver)[-1]["state"] == "streaming"  # the card came while the run went on
+    assert card.get_attribute("open") is None and "get_weather" in card.text
+    wait_for(lambda: answers(driver)[-1]["state"] == "done")
     card.find_element("tag name", "summary").click()
     assert '"city": "Paris"' in card.find_element("css selector", "pre.args").text
     assert card.find_element("css selector", "pre.result").text == "sunny"
