@@ -264,6 +264,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         middleware: Sequence[Middleware] | None = None,
         lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
         secured: bool = False,
+        public_paths: Sequence[str] = (),
         drain_on_signal: bool = True,
         docs_url: str | None = "/docs",
         redoc_url: str | None = "/redoc",
@@ -273,6 +274,7 @@ class OrbiterApp(MethodDecorators, Starlette):
         self.context = context
         self.metrics = metrics
         self.secured = secured
+        self.public_paths = frozenset(public_paths)
         self.drain_on_signal = drain_on_signal
         self.title = title
         self.version = version
@@ -393,7 +395,7 @@ class OrbiterApp(MethodDecorators, Starlette):
             document = openapi_document(self.operations, title=self.title, version=self.version)
             document_limits(document, self.context.limits)
             if self.secured:
-                secure_openapi(document)
+                secure_openapi(document, self.public_paths)
             self._openapi = encode(document)
         return self._openapi
 
@@ -584,6 +586,7 @@ def create_app(
         middleware=[*traced, *stack, *(middleware or ())],
         lifespan=lifespan,
         secured=bool(keys),
+        public_paths=public,
         drain_on_signal=drain_on_signal,
         docs_url=docs_url,
         redoc_url=redoc_url,

@@ -224,8 +224,9 @@ def security_middleware(
     return stack
 
 
-def secure_openapi(document: dict[str, Any]) -> dict[str, Any]:
-    """Declare the key schemes, require one of them, and document the 401."""
+def secure_openapi(document: dict[str, Any], public_paths: Collection[str] = ()) -> dict[str, Any]:
+    """Declare the key schemes, require one of them, and document the 401,
+    except on `public_paths`, whose operations need no key."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     if "ErrorDetail" not in schemas:
@@ -241,7 +242,10 @@ def secure_openapi(document: dict[str, Any]) -> dict[str, Any]:
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
     }
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
-            operation["responses"].setdefault("401", unauthorized)
+            if path in public_paths:
+                operation["security"] = []  # overrides the document's requirement
+            else:
+                operation["responses"].setdefault("401", unauthorized)
     return document
