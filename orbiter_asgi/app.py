@@ -521,7 +521,7 @@ def create_app(
             by default `$ORBITER_API_KEYS` (comma-separated); empty: no auth.
         cors_origins: origins allowed by CORS (`["*"]` for any); None: no CORS.
         public_paths: paths served without a key (default: `/openapi.json`, with
-            the pages that show it, `/healthz` and `/readyz`).
+            the pages that show it, `/healthz`, `/readyz` and `/playground`).
         docs_url, redoc_url: where Swagger UI and ReDoc show the OpenAPI
             document, as in FastAPI; None turns a page off.
         drain_on_signal: drain on SIGTERM/SIGINT while the lifespan runs.
