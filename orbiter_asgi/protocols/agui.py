@@ -72,7 +72,6 @@ from .agui_types import (
 )
 
 if TYPE_CHECKING:
-    from .._context import AppContext
     from ..runs import Run, RunItem
 
 __all__ = ["AguiEncoder", "AguiEvent", "AguiMessage", "RunAgentInput", "agui_endpoint", "agui_router"]
@@ -256,19 +255,6 @@ def _history(messages: Sequence[AguiMessage], limits: Limits) -> list[Message]:
     return history
 
 
-async def _adopt_history(context: AppContext, run: Run, messages: Sequence[AguiMessage]) -> None:
-    """Seed an empty thread with the client's earlier messages: the run reads
-    its history from the session, and later turns find the whole thread there."""
-    session_id = run.session_id
-    assert session_id is not None
-    store = context.store
-    async with store.lock(session_id):
-        if not await store.history(session_id, agent_name=run.agent.name):
-            history = _history(messages, context.limits)
-            if history:
-                await store.append(session_id, history)
-
-
 class AguiEndpoint(Endpoint):
     """`POST /agents/{agent_name}/ag-ui`: a `RunAgentInput` in, AG-UI events out (SSE).
 
@@ -287,9 +273,10 @@ class AguiEndpoint(Endpoint):
             raise _invalid(["threadId"], exc.message) from None
         last, input = _last_user_message(request.messages)
         limits.check_input(input, field="messages")  # where the input is, for a client of AG-UI
-        run = start_run(context, scope["path_params"]["agent_name"], input, request.thread_id)
-        if last:
-            await _adopt_history(context, run, request.messages[:last])
+        # a thread with stored messages runs on them; a new one adopts the client's (`Run`)
+        history = _history(request.messages[:last], limits) if last else []
+        agent_name = scope["path_params"]["agent_name"]
+        run = start_run(context, agent_name, input, request.thread_id, history=history)
         encoder = AguiEncoder(request.thread_id, request.run_id, request.parent_run_id)
         await send_event_stream(send, run, receive, heartbeat=limits.heartbeat_interval, encoder=encoder)
 

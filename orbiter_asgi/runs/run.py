@@ -189,7 +189,9 @@ class Run:
         self.context = context
         self.agent = agent
         self.input = input
-        self.history = history  # what came before `input`, unless a session has it
+        # what came before `input`: the history of a run without a session, and
+        # of a session that has none yet, which stores it as its own
+        self.history = history
         # model settings of this run (`temperature`, `max_tokens`), for an agent that takes them
         self.settings = settings if settings and agent.takes_settings else None
         self.session_id = context.limits.check_session_id(session_id) if session_id is not None else None
@@ -262,7 +264,11 @@ class Run:
                         store = self.context.store
                         async with store.lock(self.session_id):
                             history = await store.history(self.session_id, agent_name=self.agent.name)
-                            await store.append(self.session_id, [Message(role="user", content=self.input)])
+                            turn_start = [Message(role="user", content=self.input)]
+                            if not history and self.history:  # a new session adopts the client's
+                                history = list(self.history)
+                                turn_start[:0] = history
+                            await store.append(self.session_id, turn_start)
                             done = await self._drive(turn, history, emit)
                 finally:
                     self._turn = None
@@ -472,8 +478,8 @@ def start_run(
     """A run of the named (or default) agent; raises before anything is sent.
 
     `source` (`body` or `query`) is where a too-long `input` is reported.
-    `history` (messages before `input`) serves a run without a session; a
-    session's stored history wins over it.
+    `history` (messages before `input`) serves a run without a session, and
+    seeds a session that has no history yet; a stored history wins over it.
     """
     context.limits.check_input(input, source)
     agent = context.agents.resolve(agent_name)
