@@ -100,6 +100,7 @@ class RegisteredAgent:
     __slots__ = (
         "description",
         "handoffs",
+        "history_limit",
         "instructions",
         "max_steps",
         "max_tokens",
@@ -131,6 +132,8 @@ class RegisteredAgent:
         self.max_steps: int = int(getattr(target, "max_steps", None) or 1)
         self.temperature: float | None = _number(getattr(target, "temperature", None), float)
         self.max_tokens: int | None = _number(getattr(target, "max_tokens", None), int)
+        # the most history messages a turn shows the agent (runs/window.py); None: all
+        self.history_limit: int | None = _number(getattr(target, "history_limit", None), int)
         workspace = getattr(target, "workspace", None)
         self.workspace: Path | None = Path(workspace) if workspace is not None else None
 

@@ -144,8 +144,9 @@ async def test_store_operations_are_timed_by_store_and_operation() -> None:
     def count(operation: str) -> float:
         return value(samples, "orbiter_store_operation_seconds_count", store="memory", operation=operation)
 
-    # a turn in a session: its lock, its history, the user's message, then the answer
-    assert (count("lock"), count("history"), count("append")) == (1, 1, 2)
+    # a turn in a session: one step to begin it (lock, history, the user's message), one to end it
+    assert (count("begin_turn"), count("end_turn")) == (1, 1)
+    assert (count("lock"), count("history"), count("append")) == (0, 0, 0)
     assert (count("get"), count("list"), count("create"), count("delete")) == (1, 1, 0, 0)
 
 

@@ -13,8 +13,12 @@ from ..stores.journal import RunJournal
 
 __all__ = ["STORE_OPERATIONS", "Observer", "TimedStore"]
 
-# `lock` is timed until it is held: how long a turn waited for its session
-STORE_OPERATIONS = ("create", "get", "list", "update", "delete", "messages", "history", "append", "lock")
+# `lock` is timed until it is held: how long a turn waited for its session;
+# a chat turn's store work is `begin_turn` (waiting for the session included) and `end_turn`
+STORE_OPERATIONS = (
+    "create", "get", "list", "update", "delete", "messages", "history", "append", "lock",
+    "begin_turn", "end_turn",
+)  # fmt: skip
 
 
 class Observer(Protocol):
@@ -71,7 +75,7 @@ class TimedStore:
         object.__setattr__(self, "wrapped", store)
         object.__setattr__(self, "runs", store.runs)
         for name, timer in timers.items():
-            if name != "lock":
+            if name != "lock" and hasattr(store, name):  # a store may predate `begin_turn`
                 object.__setattr__(self, name, _timed(getattr(store, name), timer))
         object.__setattr__(self, "_lock_timer", timers.get("lock"))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,12 @@ from ..models import (
 )
 from ..registry import RegisteredAgent
 from ..runtime.loop import AgentEvent, tool_message
+from ..stores._turns import LockedTurns
+from ..stores.base import OpenTurn, SessionStore
 from ..tracing import RunSpan, end_run_span, start_run_span
 from .log import log_run_end
 from .turn import Turn
+from .window import fit_history
 
 if TYPE_CHECKING:
     from .._context import AppContext
@@ -259,17 +262,18 @@ class Run:
                 turn.on_disconnect = self.detach
                 try:
                     if self.session_id is None:
-                        done = await self._drive(turn, self.history, emit)
+                        done = await self._drive(turn, self.history, emit, None)
                     else:
-                        store = self.context.store
-                        async with store.lock(self.session_id):
-                            history = await store.history(self.session_id, agent_name=self.agent.name)
-                            turn_start = [Message(role="user", content=self.input)]
-                            if not history and self.history:  # a new session adopts the client's
-                                history = list(self.history)
-                                turn_start[:0] = history
-                            await store.append(self.session_id, turn_start)
-                            done = await self._drive(turn, history, emit)
+                        limit = self.agent.history_limit
+                        opened = await _turns_of(self.context.store).begin_turn(
+                            self.session_id,
+                            agent_name=self.agent.name,
+                            messages=[Message(role="user", content=self.input)],
+                            seed=self.history,  # a new session adopts the client's history
+                            # one more than shown: tells `fit_history` whether the window cut
+                            window=None if limit is None else limit + 1,
+                        )
+                        done = await self._drive(turn, opened.history, emit, opened)
                 finally:
                     self._turn = None
                     if self._grace is not None:
@@ -391,21 +395,26 @@ class Run:
         if self._turn is turn and not await self.journal.touched_since(self.id, self.detached_at):
             turn.drop()
 
-    async def _drive(self, turn: Turn, history: Sequence[Message], emit: Emit | None) -> DoneEvent:
+    async def _drive(
+        self, turn: Turn, history: Sequence[Message], emit: Emit | None, opened: OpenTurn | None
+    ) -> DoneEvent:
+        """Run the agent, and end the session's turn (`opened`) with what it produced."""
         agent = self.agent
-        transcript = _Transcript(keep_messages=self.session_id is not None)
+        transcript = _Transcript(keep_messages=opened is not None)
         record = transcript.record
         text = transcript.text
-        stream = (
-            agent.stream(self.input, history)
-            if self.settings is None
-            else agent.stream(self.input, history, **self.settings)
-        )
         journal = self.journal
         max_bytes = self.context.limits.max_run_journal_bytes
         head = self.head
         emitting = False  # whether an error comes from `emit`, not from the agent
+        stream: AsyncIterator[AgentEvent | list[str]] | None = None
         try:
+            history = fit_history(history, agent.history_limit)
+            stream = (
+                agent.stream(self.input, history)
+                if self.settings is None
+                else agent.stream(self.input, history, **self.settings)
+            )
             async for item in stream:
                 if self.first_output is None and type(item) is not Usage:
                     self.first_output = time.monotonic()
@@ -437,7 +446,8 @@ class Run:
             raise as_agent_error(exc, agent.name) from exc
         finally:
             try:
-                await stream.aclose()  # type: ignore[attr-defined]
+                if stream is not None:
+                    await stream.aclose()  # type: ignore[attr-defined]
             finally:  # even when closing the agent fails or is cancelled
                 self.result = DoneEvent(
                     run_id=self.id,
@@ -447,12 +457,17 @@ class Run:
                     steps=transcript.steps,
                     usage=transcript.usage,
                 )
-                if self.session_id is not None and transcript.messages:
+                if opened is not None:
                     with turn.shielded():
-                        await self.context.store.append(self.session_id, transcript.messages)
+                        await _turns_of(self.context.store).end_turn(opened, transcript.messages)
         if self.result.steps == 0:  # an agent that reports no usage still took a step
             self.result.steps = 1
         return self.result
+
+
+def _turns_of(store: SessionStore) -> SessionStore | LockedTurns:
+    """What serves a store's turns: itself, unless it predates `begin_turn`."""
+    return store if hasattr(store, "begin_turn") else LockedTurns(store)
 
 
 _tasks: set[asyncio.Task[None]] = set()

@@ -56,8 +56,10 @@ class Agent:
         workspace: str | Path | None = None,
         *,
         provider: Provider | None = None,
+        history_limit: int | None = None,
     ) -> None:
         assert max_steps >= 1, "max_steps must be at least 1"
+        assert history_limit is None or history_limit >= 0, "history_limit must be at least 0"
         split_model(model)  # fail at construction on a malformed model string
         self.name = name
         self.model = model
@@ -69,6 +71,7 @@ class Agent:
         self.max_tokens = max_tokens
         self.workspace = Path(workspace) if workspace is not None else None
         self.provider = provider
+        self.history_limit = history_limit
 
     @property
     def tools(self) -> list[str]:

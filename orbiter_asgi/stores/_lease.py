@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import anyio
 
@@ -23,6 +25,8 @@ from ..exceptions import StoreError
 from ._keyed_lock import KeyedLock
 
 __all__ = ["LeaseLock"]
+
+T = TypeVar("T")
 
 TryAcquire = Callable[[str, str], Awaitable[bool]]
 Release = Callable[[str, str], Awaitable[None]]
@@ -61,27 +65,57 @@ class LeaseLock:
 
     @asynccontextmanager
     async def hold(self, session_id: str) -> AsyncIterator[None]:
-        async with self._local(session_id):
-            token = uuid.uuid4().hex
-            await self._acquire(session_id, token)
-            self._held[session_id] = token
-            self._start_renewer()
-            try:
-                yield
-            finally:
-                del self._held[session_id]
-                with anyio.CancelScope(shield=True):
-                    # a backend that is down cannot release; the lease then lapses
-                    with contextlib.suppress(StoreError):
-                        await self._release(session_id, token)
+        async def take(token: str) -> bool | None:
+            return True if await self._try_acquire(session_id, token) else None
 
-    async def _acquire(self, session_id: str, token: str) -> None:
+        token, _ = await self.acquire(session_id, take)
+        try:
+            yield
+        finally:
+            # a backend that is down cannot release; the lease then lapses
+            with contextlib.suppress(StoreError):
+                await self.release(session_id, functools.partial(self._release, session_id, token))
+
+    async def acquire(self, session_id: str, attempt: Callable[[str], Awaitable[T | None]]) -> tuple[str, T]:
+        """Hold `session_id`: first in this process, then its lease in the backend.
+
+        `attempt(token)` tries to take the lease under `token` in one step of
+        the backend, which may do a turn's other work too; it is retried with
+        backoff while it returns None (the lease is someone else's).
+        Returns the token and what the successful attempt returned.
+        """
+        await self._local.acquire(session_id)
+        try:
+            token = uuid.uuid4().hex
+            result = await self._attempt(session_id, token, attempt)
+        except BaseException:
+            self._local.release(session_id)
+            raise
+        self._held[session_id] = token
+        self._start_renewer()
+        return token, result
+
+    async def release(self, session_id: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Give `session_id` back: `step()` drops the lease in the backend (and
+        may write with it), shielded from cancellation; the process's hold
+        ends whatever it raises."""
+        del self._held[session_id]
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await step()
+        finally:
+            self._local.release(session_id)
+        return result
+
+    async def _attempt(
+        self, session_id: str, token: str, attempt: Callable[[str], Awaitable[T | None]]
+    ) -> T:
         delay = _FIRST_POLL
         with anyio.move_on_after(self.wait):
-            while not await self._try_acquire(session_id, token):
+            while (result := await attempt(token)) is None:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_POLL)
-            return
+            return result
         raise StoreError(
             f"Session {session_id!r} is busy: another turn held it for more than {self.wait:g}s"
         )

@@ -24,6 +24,7 @@ from .journal import RunJournal
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "OpenTurn",
     "Page",
     "SessionStore",
     "decode_cursor",
@@ -74,6 +75,33 @@ class Page(msgspec.Struct):
             return cls(items)
         last = items[-1]
         return cls(items, encode_cursor(last.created_at, last.id))
+
+
+class OpenTurn:
+    """A session turn begun by `SessionStore.begin_turn`; its session stays
+    locked until `end_turn` is given it.
+
+    `history` is what the model is shown of the session before this turn:
+    all of it, or its last `window` messages. `stored` is what `begin_turn`
+    appended (the turn's opening messages, stamped). `token` and `end` are
+    the backend's own (its lease, the history length it expects at the end).
+    """
+
+    __slots__ = ("end", "history", "session_id", "stored", "token")
+
+    def __init__(
+        self,
+        session_id: str,
+        history: builtins.list[Message],
+        stored: builtins.list[Message],
+        token: Any = None,
+        end: int = 0,
+    ) -> None:
+        self.session_id = session_id
+        self.history = history
+        self.stored = stored
+        self.token = token
+        self.end = end
 
 
 @runtime_checkable
@@ -139,6 +167,34 @@ class SessionStore(Protocol):
 
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Serializes chat turns on one session."""
+        ...
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None,
+        messages: Sequence[Message],
+        seed: Sequence[Message] = (),
+        window: int | None = None,
+    ) -> OpenTurn:
+        """Lock the session for a chat turn, read its history and append `messages`.
+
+        One step on the backend where it can (a transaction, a script), so a
+        turn's store work is two round trips: this, then `end_turn`. Waits
+        for another turn on the session as `lock` does; creates the session
+        when it is new. A session with no history yet stores `seed` first,
+        and shows it as its history. With `window`, only the last `window`
+        messages are read and shown; the stored history stays whole.
+        """
+        ...
+
+    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+        """Append what the turn produced and unlock the session, in one step.
+
+        Called once per `begin_turn`, shielded from cancellation. When the
+        backend fails here the lock lapses with its lease.
+        """
         ...
 
     async def ping(self) -> None:

@@ -12,9 +12,11 @@ import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound
 from ..models import Message, Session, SessionSummary
+from ._history_cache import window_start
 from ._keyed_lock import KeyedLock
 from .base import (
     DEFAULT_PAGE_SIZE,
+    OpenTurn,
     Page,
     decode_cursor,
     new_session_id,
@@ -151,6 +153,36 @@ class MemoryStore:
 
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         return self._locks(session_id)
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None,
+        messages: Sequence[Message],
+        seed: Sequence[Message] = (),
+        window: int | None = None,
+    ) -> OpenTurn:
+        await self._locks.acquire(session_id)
+        try:
+            record = self._records.get(session_id)
+            if record is None:
+                record = self._records[session_id] = _Record(session_id, agent_name, "", {})
+            if not record.messages and seed:
+                await self.append(session_id, seed)
+            history = record.messages
+            shown = history[window_start(len(history), window) :]
+            stored = await self.append(session_id, messages)
+        except BaseException:
+            self._locks.release(session_id)
+            raise
+        return OpenTurn(session_id, shown, stored)
+
+    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+        try:
+            return await self.append(turn.session_id, messages) if messages else []
+        finally:
+            self._locks.release(turn.session_id)
 
     async def ping(self) -> None:
         return None  # in this process: it answers whenever the process does

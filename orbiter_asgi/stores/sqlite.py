@@ -1,7 +1,16 @@
 """SQLite session store: `sqlite:///orbiter.db`, persistent on one machine.
 
-The standard library `sqlite3` runs in worker threads (`anyio.to_thread`)
-on a small pool of connections, so the event loop never blocks on disk.
+The standard library `sqlite3` first runs on the event loop itself, on a
+connection that never waits for a lock: a WAL read, or a short write that
+finds the file free, takes tens of microseconds, less than a hop to a
+thread. When another process holds the write lock, the call moves to a
+worker thread (`anyio.to_thread`, a small pool of connections) that waits
+there for up to `timeout`, so the loop never blocks on a busy file. The
+loop's connection does not checkpoint the WAL itself (that fsyncs the
+database); a worker thread does, every thousand changes or so.
+A chat turn is two transactions: `begin_turn` takes the session's lease,
+reads what the history cache lacks and stores the user's message;
+`end_turn` stores the answer and drops the lease.
 The file is in WAL mode with `synchronous=NORMAL`: a commit is in the WAL
 before the call returns, so an acknowledged append survives the process
 being killed (even with SIGKILL); only a power loss can take back the last
@@ -15,18 +24,21 @@ URL: `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`, with
 options `?timeout=5` (seconds to wait for a busy file), `?pool=4`,
 `?synchronous=NORMAL|FULL`, `?lock_ttl=30` and `?lock_wait=300` (turn lock),
 `?run_lease=10` (seconds a run whose worker died stays `running` at most,
-before a reader ends it as `worker_lost`).
+before a reader ends it as `worker_lost`), `?history_cache=100000`
+(messages of recent histories kept in this process; 0 keeps none).
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -36,6 +48,7 @@ import msgspec
 
 from ..exceptions import ConflictError, OrbiterError, SessionNotFound, StoreError
 from ..models import Message, Session, SessionSummary
+from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, Known, first_unknown, window_start
 from ._lease import LeaseLock
 from ._records import (
     decode_message,
@@ -47,7 +60,7 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
+from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, decode_cursor, new_session_id, utcnow
 from .journal import RunJournal
 from .sqlite_journal import SQLiteJournal
 
@@ -118,10 +131,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait", "run_lease")
+_OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait", "run_lease", "history_cache")
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_CHECKPOINT_EVERY = 1000  # rows changed on the loop's connection between WAL checkpoints
 _SESSION_COLUMNS = "id, agent_name, title, metadata, message_count, created_at, updated_at"
 
 _process_ids: dict[int, str] = {}
+
+# what `begin_turn`'s transaction found: the session's incarnation (its
+# `created_at`), its length, and messages `first` to that length
+_Begun = tuple[int, int, int, list[Message]]
 
 
 def _process_id() -> str:
@@ -199,11 +218,22 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> _Row | None:
     return _Row(found) if found is not None else None
 
 
-def _select_messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
+def _select_messages(conn: sqlite3.Connection, session_id: str, first: int = 0) -> list[Message]:
     rows = conn.execute(
-        "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+        "SELECT body FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq", (session_id, first)
     ).fetchall()
     return [decode_message(body) for (body,) in rows]
+
+
+def _insert_messages(conn: sqlite3.Connection, session_id: str, count: int, bodies: list[str]) -> None:
+    conn.executemany(
+        "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
+        [(session_id, count + i, body) for i, body in enumerate(bodies)],
+    )
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 class _Transaction:
@@ -246,6 +276,8 @@ class SQLiteStore:
         run_lease: seconds the lease of a run this process runs lasts
             unless renewed (every third of that); a run whose worker died is
             ended as `worker_lost` by a reader after at most that long.
+        history_cache: messages of recent histories this process keeps, so
+            a turn reads only the messages it has not seen (0: none).
     """
 
     def __init__(
@@ -258,6 +290,7 @@ class SQLiteStore:
         lock_ttl: float | None = None,
         lock_wait: float | None = None,
         run_lease: float | None = None,
+        history_cache: int | None = None,
     ) -> None:
         _, options = split_options(url, _OPTIONS)
         self.path = _path_of(url)
@@ -268,6 +301,11 @@ class SQLiteStore:
             raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
         assert self.pool_size >= 1 and self.timeout >= 0
         self._idle: list[sqlite3.Connection] = []
+        self._inline: sqlite3.Connection | None = None  # the loop's own: never waits for a lock
+        self._checkpointed_at = 0  # its `total_changes` at the last checkpoint
+        self._checkpoint: asyncio.Task[None] | None = None
+        cached = history_cache if history_cache is not None else options.get("history_cache")
+        self._cache = HistoryCache(int(cached) if cached is not None else DEFAULT_CACHED_MESSAGES)
         self._limiter: anyio.CapacityLimiter | None = None
         self._generation = 0  # bumped by aclose: connections of older generations are closed
         self._host = socket.gethostname()
@@ -362,6 +400,33 @@ class SQLiteStore:
             return None, exc
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(conn, *args)` on the loop's connection; in a worker thread when
+        the file is busy (or the loop's connection is not open yet)."""
+        conn = self._inline
+        if conn is not None:
+            try:
+                result = fn(conn, *args)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY:
+                    self._inline = None
+                    conn.close()
+                    raise StoreError(f"SQLite store {self.path} failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                self._inline = None
+                conn.close()
+                raise StoreError(f"SQLite store {self.path} failed: {exc}") from exc
+            except msgspec.DecodeError as exc:
+                raise StoreError(f"SQLite store {self.path} holds unreadable data: {exc}") from None
+            else:
+                if conn.total_changes - self._checkpointed_at >= _CHECKPOINT_EVERY:
+                    self._start_checkpoint(conn)
+                return result
+        result = await self._in_thread(fn, args)
+        if self._inline is None and self._limiter is not None:
+            await self._open_inline()
+        return result
+
+    async def _in_thread(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.pool_size)
         async with self._limiter:
@@ -381,6 +446,34 @@ class SQLiteStore:
             raise result
         return result
 
+    async def _open_inline(self) -> None:
+        """Open the loop's connection, in a thread: opening may wait for a migration."""
+        generation = self._generation
+        try:
+            conn = await anyio.to_thread.run_sync(self._connect_inline)
+        except (sqlite3.Error, OrbiterError):
+            return  # the thread path goes on serving, and tries again next time
+        if generation != self._generation or self._inline is not None:
+            conn.close()
+        else:
+            self._inline = conn
+            self._checkpointed_at = conn.total_changes
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
+    def _start_checkpoint(self, conn: sqlite3.Connection) -> None:
+        self._checkpointed_at = conn.total_changes
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
+
+    async def _run_checkpoint(self) -> None:
+        with contextlib.suppress(StoreError):  # the next one tries again; nothing waits for it
+            await self._in_thread(_checkpoint, ())
+
     async def ping(self) -> None:
         """`SELECT 1` on a pooled connection: the file opens, and a thread is free."""
         await self._run(self._ping)
@@ -392,10 +485,16 @@ class SQLiteStore:
     async def aclose(self) -> None:
         await self._journal.aclose()
         await self._lease.aclose()
+        if self._checkpoint is not None and not self._checkpoint.done():
+            await self._checkpoint
         self._generation += 1
         idle, self._idle = self._idle, []
+        if self._inline is not None:
+            idle.append(self._inline)
+            self._inline = None
         for conn in idle:
             conn.close()
+        self._cache.clear()
 
     # --- sessions --------------------------------------------------------------
 
@@ -553,14 +652,121 @@ class SQLiteStore:
             if row is None:
                 raise SessionNotFound.of(session_id)
             count = row[0]
-            conn.executemany(
-                "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
-                [(session_id, count + i, body) for i, body in enumerate(bodies)],
-            )
+            _insert_messages(conn, session_id, count, bodies)
             conn.execute(
                 "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
                 (count + len(bodies), now, session_id),
             )
+
+    # --- a chat turn: two transactions ----------------------------------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None,
+        messages: Sequence[Message],
+        seed: Sequence[Message] = (),
+        window: int | None = None,
+    ) -> OpenTurn:
+        stored, now = stamp(messages)
+        bodies = [encode_message(m).decode() for m in stored]
+        planted, _ = stamp(seed)
+        seed_bodies = [encode_message(m).decode() for m in planted]
+        known = self._cache.known(session_id)  # the session is ours alone until `end_turn`
+
+        def attempt(token: str) -> Awaitable[_Begun | None]:
+            lease = self._lock_row(session_id, token)
+            return self._run(self._begin, lease, agent_name, bodies, seed_bodies, micros(now), known, window)
+
+        token, (incarnation, count, first, read) = await self._lease.acquire(session_id, attempt)
+        history = self._cache.history(session_id, incarnation, count, window, first, read)
+        opening = stored
+        if count == 0 and planted:  # stored before the opening messages, and shown
+            history = planted[window_start(len(planted), window) :]
+            opening = [*planted, *stored]
+        self._cache.appended(session_id, incarnation, count, opening, window)
+        end = count + len(opening)
+        return OpenTurn(session_id, history, stored, token=(token, incarnation, window), end=end)
+
+    def _begin(
+        self,
+        conn: sqlite3.Connection,
+        lease: tuple[Any, ...],
+        agent_name: str | None,
+        bodies: builtins.list[str],
+        seed: builtins.list[str],
+        now: int,
+        known: Known | None,
+        window: int | None,
+    ) -> _Begun | None:
+        """Take the lease, create the session if new, read what the cache
+        lacks, store the opening messages; None while another turn holds it."""
+        session_id = lease[0]
+        with _Transaction(conn, immediate=True):
+            if not self._take(conn, lease):
+                return None
+            row = conn.execute(
+                "SELECT created_at, message_count FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'','{{}}',0,?,?)",
+                    (session_id, agent_name, now, now),
+                )
+                incarnation, count = now, 0
+            else:
+                incarnation, count = row
+            first = first_unknown(known, incarnation, count, window)
+            read = _select_messages(conn, session_id, first) if first < count else []
+            if count == 0 and seed:
+                bodies = seed + bodies
+            _insert_messages(conn, session_id, count, bodies)
+            conn.execute(
+                "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
+                (count + len(bodies), now, session_id),
+            )
+        return incarnation, count, first, read
+
+    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+        token, incarnation, window = turn.token
+        stored, now = stamp(messages)
+        bodies = [encode_message(m).decode() for m in stored]
+        session_id = turn.session_id
+        try:
+            count = await self._lease.release(
+                session_id, lambda: self._run(self._end, session_id, token, bodies, micros(now))
+            )
+        except BaseException:
+            self._cache.forget(session_id)
+            raise
+        if stored:
+            self._cache.appended(session_id, incarnation, count, stored, window)
+        return stored
+
+    @staticmethod
+    def _end(
+        conn: sqlite3.Connection, session_id: str, token: str, bodies: builtins.list[str], now: int
+    ) -> int:
+        """Store the turn's answer and drop its lease; the history's length before it."""
+        with _Transaction(conn, immediate=True):
+            count = -1
+            if bodies:
+                row = conn.execute(
+                    "SELECT message_count FROM sessions WHERE id = ?", (session_id,)
+                ).fetchone()
+                if row is None:
+                    raise SessionNotFound.of(session_id)
+                count = row[0]
+                _insert_messages(conn, session_id, count, bodies)
+                conn.execute(
+                    "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
+                    (count + len(bodies), now, session_id),
+                )
+            conn.execute(
+                "DELETE FROM turn_locks WHERE session_id = ? AND token = ?", (session_id, token)
+            )
+        return count
 
     # --- the turn lock -------------------------------------------------------------
 
@@ -577,14 +783,18 @@ class SQLiteStore:
 
     def _take_lock(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
         with _Transaction(conn, immediate=True):
-            holder = conn.execute(
-                "SELECT host, pid, process, expires_at FROM turn_locks WHERE session_id = ?",
-                (row[0],),
-            ).fetchone()
-            if holder is not None and not self._stale(*holder):
-                return False
-            conn.execute("INSERT OR REPLACE INTO turn_locks VALUES (?, ?, ?, ?, ?, ?)", row)
-            return True
+            return self._take(conn, row)
+
+    def _take(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
+        """In a write transaction: take the lease `row` unless a live turn holds it."""
+        holder = conn.execute(
+            "SELECT host, pid, process, expires_at FROM turn_locks WHERE session_id = ?",
+            (row[0],),
+        ).fetchone()
+        if holder is not None and not self._stale(*holder):
+            return False
+        conn.execute("INSERT OR REPLACE INTO turn_locks VALUES (?, ?, ?, ?, ?, ?)", row)
+        return True
 
     def _stale(self, host: str, pid: int, process: str, expires_at: int) -> bool:
         if expires_at < time.time() * 1_000_000:

@@ -1,0 +1,59 @@
+"""`begin_turn`/`end_turn` for a store that has only `lock`, `history` and `append`.
+
+The stores of this package do a turn's store work in two steps of their
+own; a store written against the earlier protocol still serves turns
+through this, at the cost of a step per call.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from ..models import Message
+from ._history_cache import window_start
+from .base import OpenTurn
+
+__all__ = ["LockedTurns"]
+
+
+class LockedTurns:
+    """A store's turns made of its `lock`, `history` and `append`."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None,
+        messages: Sequence[Message],
+        seed: Sequence[Message] = (),
+        window: int | None = None,
+    ) -> OpenTurn:
+        lock: AbstractAsyncContextManager[None] = self.store.lock(session_id)
+        await lock.__aenter__()
+        try:
+            history = await self.store.history(session_id, agent_name=agent_name)
+            opening = list(messages)
+            if not history and seed:
+                history = list(seed)
+                opening[:0] = history
+            stored = await self.store.append(session_id, opening)
+        except BaseException:
+            await lock.__aexit__(*sys.exc_info())
+            raise
+        shown = history[window_start(len(history), window) :]
+        return OpenTurn(session_id, shown, stored[len(stored) - len(messages) :], token=lock)
+
+    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> list[Message]:
+        lock: AbstractAsyncContextManager[None] = turn.token
+        try:
+            return await self.store.append(turn.session_id, messages) if messages else []
+        finally:
+            await lock.__aexit__(*sys.exc_info())
