@@ -17,7 +17,12 @@ after a dropped connection is not applied twice.
 URL options: `?prefix=orbiter:`, `?timeout=5` (socket timeouts),
 `?lock_ttl=30`, `?lock_wait=300`, `?run_lease=10` (seconds a run whose
 worker died stays `running` at most, before a reader ends it as
-`worker_lost`); other query options go to redis-py.
+`worker_lost`), `?history_cache=100000` (messages of recent histories kept
+in this process; 0 keeps none); other query options go to redis-py.
+
+A chat turn is two scripts: `begin_turn` takes the lease, reads only the
+messages this process's history cache lacks and stores the user's message;
+`end_turn` stores the answer and drops the lease.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound, StoreError
 from ..models import Message, Session, SessionSummary
+from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, window_start
 from ._lease import LeaseLock
 from ._records import (
     decode_message,
@@ -44,7 +50,7 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, Page, decode_cursor, new_session_id, utcnow
+from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, decode_cursor, new_session_id, utcnow
 from .journal import RunJournal
 from .redis_journal import SCRIPTS as RUN_SCRIPTS
 from .redis_journal import RedisJournal
@@ -64,7 +70,7 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-_OPTIONS = ("prefix", "timeout", "lock_ttl", "lock_wait", "run_lease")
+_OPTIONS = ("prefix", "timeout", "lock_ttl", "lock_wait", "run_lease", "history_cache")
 _FIELDS = ("agent", "metadata", "created_at", "updated_at", "title")
 _RETRY_DEDUPE_MS = 120_000
 
@@ -180,6 +186,77 @@ end
 return out
 """
 
+# A chat turn's first step: take the lease, create the session when new, read
+# what the caller's history cache lacks (the rule of `_history_cache.first_unknown`),
+# store the seed (into an empty history only) and the opening messages.
+# KEYS: hash, messages, index, lease
+# ARGV: token, ttl ms, id, agent, agent index key, now,
+#       cached incarnation ('' = none), cached start, cached end, window ('' = all),
+#       seed count, seed bodies..., opening bodies...
+# Returns nil while another turn holds the lease, else {incarnation, length, first, bodies}.
+# A retry of a call whose reply was lost finds its own token: it writes nothing
+# again and answers from the length it saw (`turn_count`).
+_BEGIN_TURN = """
+local holder = redis.call('GET', KEYS[4])
+local retry = holder == ARGV[1]
+if holder and not retry then return false end
+local created = redis.call('HGET', KEYS[1], 'created_at')
+if not created then
+  created = ARGV[6]
+  redis.call('HSET', KEYS[1], 'metadata', '{}', 'created_at', created, 'updated_at', created,
+    'token', ARGV[1])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'agent', ARGV[4]) end
+  redis.call('ZADD', KEYS[3], created, ARGV[3])
+  if ARGV[5] ~= '' then redis.call('ZADD', ARGV[5], created, ARGV[3]) end
+end
+local count
+if retry then
+  count = tonumber(redis.call('HGET', KEYS[1], 'turn_count'))
+else
+  count = redis.call('LLEN', KEYS[2])
+  redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+  redis.call('HSET', KEYS[1], 'turn_count', count)
+end
+local want = 0
+if ARGV[10] ~= '' then want = math.max(0, count - tonumber(ARGV[10])) end
+local first = want
+if ARGV[7] == created and tonumber(ARGV[8]) <= want and tonumber(ARGV[9]) <= count then
+  first = tonumber(ARGV[9])
+end
+local read = {}
+if first < count then read = redis.call('LRANGE', KEYS[2], first, count - 1) end
+if not retry then
+  local from = 12
+  if count > 0 then from = 12 + tonumber(ARGV[11]) end
+  for i = from, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+end
+return {created, count, first, read}
+"""
+
+# A chat turn's last step: store the answer, drop the lease.
+# KEYS: hash, messages, lease, dedupe key; ARGV: token, now, dedupe ttl ms, bodies...
+# Returns the history's length before the answer (-1: the session is gone).
+_END_TURN = """
+local count = redis.call('LLEN', KEYS[2])
+if #ARGV > 3 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    count = -1
+  elseif redis.call('SET', KEYS[4], 1, 'NX', 'PX', ARGV[3]) then
+    for i = 4, #ARGV, 1000 do
+      redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+    end
+    redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+  else
+    count = count - (#ARGV - 3)
+  end
+end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return count
+"""
+
 # KEYS: lease; ARGV: token, ttl ms
 _TAKE_LOCK = """
 local holder = redis.call('GET', KEYS[1])
@@ -222,6 +299,8 @@ class RedisStore:
         run_lease: seconds the lease of a run this process runs lasts
             unless renewed (every third of that); a run whose worker died is
             ended as `worker_lost` by a reader after at most that long.
+        history_cache: messages of recent histories this process keeps, so
+            a turn reads only the messages it has not seen (0: none).
         options: passed to `redis.asyncio.Redis.from_url`.
     """
 
@@ -234,9 +313,12 @@ class RedisStore:
         lock_ttl: float | None = None,
         lock_wait: float | None = None,
         run_lease: float | None = None,
+        history_cache: int | None = None,
         **options: Any,
     ) -> None:
         self.url, ours = split_options(url, _OPTIONS)
+        cached = history_cache if history_cache is not None else ours.get("history_cache")
+        self._cache = HistoryCache(int(cached) if cached is not None else DEFAULT_CACHED_MESSAGES)
         self.prefix = prefix if prefix is not None else ours.get("prefix", "orbiter:")
         self.timeout = float(timeout if timeout is not None else ours.get("timeout", 5.0))
         self._options = options
@@ -293,6 +375,8 @@ class RedisStore:
                     ("delete", _DELETE),
                     ("list", _LIST),
                     ("take_lock", _TAKE_LOCK),
+                    ("begin_turn", _BEGIN_TURN),
+                    ("end_turn", _END_TURN),
                     ("leases", _LEASES),
                     *RUN_SCRIPTS,
                 )
@@ -330,6 +414,7 @@ class RedisStore:
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
         self._loop = None
+        self._cache.clear()
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         return f"{self.prefix}s:{session_id}", f"{self.prefix}m:{session_id}"
@@ -506,6 +591,73 @@ class RedisStore:
         args = (micros(now), _RETRY_DEDUPE_MS, *(encode_message(m) for m in stored))
         if await self._script("append", (session_key, messages_key, dedupe), args) < 0:
             raise SessionNotFound.of(session_id)
+        return stored
+
+    # --- a chat turn: two scripts ---------------------------------------------------------
+
+    async def begin_turn(
+        self,
+        session_id: str,
+        *,
+        agent_name: str | None,
+        messages: Sequence[Message],
+        seed: Sequence[Message] = (),
+        window: int | None = None,
+    ) -> OpenTurn:
+        stored, now = stamp(messages)
+        planted, _ = stamp(seed)
+        keys = (*self._keys(session_id), self._index, self._lock_key(session_id))
+        known = self._cache.known(session_id)  # the session is ours alone until `end_turn`
+        head = (
+            int(self._lease.ttl * 1000),
+            session_id,
+            agent_name or "",
+            self._agent_key(agent_name),
+            micros(now),
+            *(("", 0, 0) if known is None else known),
+            "" if window is None else window,
+            len(planted),
+            *(encode_message(m) for m in planted),
+            *(encode_message(m) for m in stored),
+        )
+
+        async def attempt(token: str) -> builtins.list[Any] | None:
+            begun: builtins.list[Any] | None = await self._script("begin_turn", keys, (token, *head))
+            return begun
+
+        token, (created, count, first, bodies) = await self._lease.acquire(session_id, attempt)
+        incarnation = created.decode()
+        read = [self._decode(decode_message, body) for body in bodies]
+        history = self._cache.history(session_id, incarnation, count, window, first, read)
+        opening = stored
+        if count == 0 and planted:  # stored before the opening messages, and shown
+            history = planted[window_start(len(planted), window) :]
+            opening = [*planted, *stored]
+        self._cache.appended(session_id, incarnation, count, opening, window)
+        end = count + len(opening)
+        return OpenTurn(session_id, history, stored, token=(token, incarnation, window), end=end)
+
+    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+        token, incarnation, window = turn.token
+        stored, now = stamp(messages)
+        session_id = turn.session_id
+        keys = (*self._keys(session_id), self._lock_key(session_id), f"{self.prefix}op:{token}")
+        args = (token, micros(now), _RETRY_DEDUPE_MS, *(encode_message(m) for m in stored))
+
+        async def step() -> int:
+            count: int = await self._script("end_turn", keys, args)
+            return count
+
+        try:
+            count = await self._lease.release(session_id, step)
+        except BaseException:
+            self._cache.forget(session_id)
+            raise
+        if count < 0:
+            self._cache.forget(session_id)
+            raise SessionNotFound.of(session_id)
+        if stored:
+            self._cache.appended(session_id, incarnation, count, stored, window)
         return stored
 
     # --- the turn lock --------------------------------------------------------------------
