@@ -126,16 +126,19 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_run_id() -> str:
-    """128 random bits as 32 hex digits: URL-safe, unique across processes, and
-    unguessable, since a run id is all it takes to follow or cancel the run.
+    """32 hex digits: the time in milliseconds (48 bits), then 80 random bits.
+    URL-safe, unique across processes, and unguessable, since a run id is all
+    it takes to follow or cancel the run. Ids that grow with time keep a
+    persistent journal's index of runs appended at its end: the runs of a
+    batch of writes share its last pages instead of each dirtying a page.
 
-    The OS's random bytes are read 4 KiB at a time: one system call per 256 ids.
+    The OS's random bytes are read 4 KiB at a time: one system call per 409 ids.
     """
     global _pool, _used
-    if _used == _POOL_SIZE:
+    if _used + 10 > _POOL_SIZE:
         _pool, _used = os.urandom(_POOL_SIZE), 0
-    _used += 16
-    return _pool[_used - 16 : _used].hex()
+    _used += 10
+    return f"{time.time_ns() // 1_000_000:012x}{_pool[_used - 10 : _used].hex()}"
 
 
 Emit = Callable[[RunItem, bytes], Awaitable[None]]

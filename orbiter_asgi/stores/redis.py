@@ -38,6 +38,7 @@ import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound, StoreError
 from ..models import Message, Session, SessionSummary
+from ._batch import Batch, Pending, settle
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, window_start
 from ._lease import LeaseLock
 from ._records import (
@@ -60,7 +61,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "The Redis session store needs the redis package: pip install 'orbiter-asgi[redis]'"
@@ -278,6 +279,12 @@ return 1
 """
 
 
+def _unavailable(exc: BaseException) -> StoreError:
+    if isinstance(exc, RedisError):
+        return StoreError(f"Redis store unavailable: {str(exc) or type(exc).__name__}")
+    return StoreError(f"Redis store unavailable: {type(exc).__name__}: {exc}")
+
+
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -325,6 +332,8 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
+        self._batch = Batch(self._serve)  # scripts called in one pass of the loop: one pipeline
+        self._sending: set[asyncio.Task[None]] = set()
         self._lease = LeaseLock(
             self._try_lock,
             self._unlock,
@@ -387,13 +396,39 @@ class RedisStore:
         client = self._redis()
         try:
             return await work(client)
-        except RedisError as exc:
-            detail = str(exc) or type(exc).__name__
-            raise StoreError(f"Redis store unavailable: {detail}") from exc
-        except (TimeoutError, OSError) as exc:
-            raise StoreError(f"Redis store unavailable: {type(exc).__name__}: {exc}") from exc
+        except (RedisError, TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script with the others called in this pass of the event loop:
+        one pipeline, one write to the socket (`_send`)."""
+        return await self._batch.call((name, keys, args))
+
+    def _serve(self, pending: Pending) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(pending))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, pending: Pending) -> None:
+        try:
+            client = self._redis()
+            pipe = client.pipeline(transaction=False)
+            for (name, keys, args), _ in pending:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            for index, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):  # Redis restarted, or flushed its scripts
+                    replies[index] = await self._script_alone(*pending[index][0])
+                elif isinstance(reply, RedisError):
+                    replies[index] = StoreError(f"Redis store failed: {reply}")
+        except (RedisError, TimeoutError, OSError, StoreError) as exc:
+            failure = exc if isinstance(exc, StoreError) else _unavailable(exc)
+            replies = [failure] * len(pending)
+        settle(pending, replies)
+
+    async def _script_alone(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script on its own: loads it into Redis when Redis does not know it."""
+
         async def work(client: aioredis.Redis) -> Any:
             return await self._scripts[name](keys=list(keys), args=list(args))
 
@@ -607,14 +642,9 @@ class RedisStore:
         stored, now = stamp(messages)
         planted, _ = stamp(seed)
         keys = (*self._keys(session_id), self._index, self._lock_key(session_id))
-        known = self._cache.known(session_id)  # the session is ours alone until `end_turn`
-        head = (
-            int(self._lease.ttl * 1000),
-            session_id,
-            agent_name or "",
-            self._agent_key(agent_name),
-            micros(now),
-            *(("", 0, 0) if known is None else known),
+        ttl_ms = int(self._lease.ttl * 1000)
+        head = (ttl_ms, session_id, agent_name or "", self._agent_key(agent_name), micros(now))
+        tail = (
             "" if window is None else window,
             len(planted),
             *(encode_message(m) for m in planted),
@@ -622,12 +652,19 @@ class RedisStore:
         )
 
         async def attempt(token: str) -> builtins.list[Any] | None:
-            begun: builtins.list[Any] | None = await self._script("begin_turn", keys, (token, *head))
+            # what the cache holds is read here, under the process's hold on the session
+            known = self._cache.known(session_id)
+            args = (token, *head, *(("", 0, 0) if known is None else known), *tail)
+            begun: builtins.list[Any] | None = await self._script("begin_turn", keys, args)
             return begun
 
         token, (created, count, first, bodies) = await self._lease.acquire(session_id, attempt)
         incarnation = created.decode()
         read = [self._decode(decode_message, body) for body in bodies]
+        start = self._cache.read_from(session_id, incarnation, count, window)
+        if start < first:  # the tail the script counted on was evicted since
+            read = await self._slice(session_id, start, first) + read
+            first = start
         history = self._cache.history(session_id, incarnation, count, window, first, read)
         opening = stored
         if count == 0 and planted:  # stored before the opening messages, and shown
@@ -636,6 +673,16 @@ class RedisStore:
         self._cache.appended(session_id, incarnation, count, opening, window)
         end = count + len(opening)
         return OpenTurn(session_id, history, stored, token=(token, incarnation, window), end=end)
+
+    async def _slice(self, session_id: str, first: int, end: int) -> builtins.list[Message]:
+        """Messages `first` to `end` of a history."""
+        messages_key = self._keys(session_id)[1]
+
+        async def work(client: aioredis.Redis) -> builtins.list[Any]:
+            bodies: builtins.list[Any] = await client.lrange(messages_key, first, end - 1)
+            return bodies
+
+        return [self._decode(decode_message, body) for body in await self._call(work)]
 
     async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
         token, incarnation, window = turn.token

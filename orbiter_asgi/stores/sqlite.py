@@ -38,7 +38,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ import msgspec
 
 from ..exceptions import ConflictError, OrbiterError, SessionNotFound, StoreError
 from ..models import Message, Session, SessionSummary
+from ._batch import Batch, Pending, settle
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, Known, first_unknown, window_start
 from ._lease import LeaseLock
 from ._records import (
@@ -218,9 +219,13 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> _Row | None:
     return _Row(found) if found is not None else None
 
 
-def _select_messages(conn: sqlite3.Connection, session_id: str, first: int = 0) -> list[Message]:
+def _select_messages(
+    conn: sqlite3.Connection, session_id: str, first: int = 0, end: int | None = None
+) -> list[Message]:
+    """Messages `first` to `end` (the last, when None) of a history."""
     rows = conn.execute(
-        "SELECT body FROM messages WHERE session_id = ? AND seq >= ? ORDER BY seq", (session_id, first)
+        "SELECT body FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
+        (session_id, first, end if end is not None else 2**62),
     ).fetchall()
     return [decode_message(body) for (body,) in rows]
 
@@ -237,23 +242,65 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
 
 
 class _Transaction:
-    """`with _Transaction(conn, immediate=True):` BEGIN ... COMMIT, ROLLBACK on error."""
+    """`with _Transaction(conn, immediate=True):` BEGIN ... COMMIT, ROLLBACK on error.
 
-    __slots__ = ("conn", "mode")
+    Inside a transaction already open (a batch of writes, `_apply`) it adds
+    nothing: the batch commits, or undoes, the work of all its calls.
+    """
+
+    __slots__ = ("conn", "mode", "nested")
 
     def __init__(self, conn: sqlite3.Connection, *, immediate: bool) -> None:
         self.conn = conn
         self.mode = "IMMEDIATE" if immediate else "DEFERRED"
+        self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute(f"BEGIN {self.mode}")
+        if self.conn.in_transaction:
+            self.nested = True
+        else:
+            self.conn.execute(f"BEGIN {self.mode}")
         return self.conn
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if self.nested:
+            return
         if kind is None:
             self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.rollback()
+
+
+class _Undone(Exception):
+    """A call of a batch failed: the batch was rolled back, to be run call by call."""
+
+
+def _apply(conn: sqlite3.Connection, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    """A batch of writes in one transaction; each call's result.
+
+    Calls almost never fail (a session deleted under a turn, a reused
+    idempotency key): when one does, the batch is undone and each call runs
+    again in a transaction of its own, so one call's error undoes only its
+    own work. That costs less than a savepoint around every call."""
+    try:
+        with _Transaction(conn, immediate=True):
+            outcomes: list[Any] = []
+            for fn, args in calls:
+                try:
+                    outcomes.append(fn(conn, *args))
+                except (OrbiterError, msgspec.DecodeError) as exc:
+                    raise _Undone from exc
+            return outcomes
+    except _Undone:
+        pass
+    outcomes = []
+    for fn, args in calls:
+        try:
+            with _Transaction(conn, immediate=True):
+                outcomes.append(fn(conn, *args))
+        except (OrbiterError, msgspec.DecodeError) as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 class SQLiteStore:
@@ -304,6 +351,8 @@ class SQLiteStore:
         self._inline: sqlite3.Connection | None = None  # the loop's own: never waits for a lock
         self._checkpointed_at = 0  # its `total_changes` at the last checkpoint
         self._checkpoint: asyncio.Task[None] | None = None
+        self._batch = Batch(self._serve)  # writes of one pass of the loop: one transaction
+        self._tasks: set[asyncio.Task[None]] = set()  # batches waiting for a busy file
         cached = history_cache if history_cache is not None else options.get("history_cache")
         self._cache = HistoryCache(int(cached) if cached is not None else DEFAULT_CACHED_MESSAGES)
         self._limiter: anyio.CapacityLimiter | None = None
@@ -318,7 +367,7 @@ class SQLiteStore:
         )
         lease = run_lease if run_lease is not None else options.get("run_lease")
         self._journal = SQLiteJournal(
-            self._run, _Transaction, lease=float(lease) if lease is not None else None
+            self._run, _Transaction, write=self._write, lease=float(lease) if lease is not None else None
         )
         self.runs: RunJournal = self._journal
 
@@ -445,6 +494,61 @@ class SQLiteStore:
                 raise StoreError(f"SQLite store {self.path} holds unreadable data: {result}")
             raise result
         return result
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(conn, *args)`, a write: with the others of this pass of the event
+        loop, in one transaction (`_apply`), each in a savepoint of its own."""
+        if self._inline is None:
+            return await self._run(fn, *args)
+        outcome: T = await self._batch.call((fn, args))
+        return outcome
+
+    def _serve(self, pending: Pending) -> None:
+        calls = [item for item, _ in pending]
+        conn = self._inline
+        if conn is not None:
+            try:
+                outcomes = _apply(conn, calls)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY:
+                    self._drop_inline(conn)
+                    settle(pending, [self._failure(exc)] * len(pending))
+                    return
+            except sqlite3.Error as exc:  # the file is gone, corrupt, full: none of it was written
+                self._drop_inline(conn)
+                settle(pending, [self._failure(exc)] * len(pending))
+                return
+            else:
+                settle(pending, [self._failure(o) for o in outcomes])
+                if conn.total_changes - self._checkpointed_at >= _CHECKPOINT_EVERY:
+                    self._start_checkpoint(conn)
+                return
+        # the file is busy (or the loop's connection closed): wait for it in a worker thread
+        self._background(self._serve_in_thread(pending, calls))
+
+    async def _serve_in_thread(self, pending: Pending, calls: list[Any]) -> None:
+        try:
+            outcomes = await self._in_thread(_apply, (calls,))
+        except Exception as exc:  # StoreError: the file stayed busy, or failed
+            outcomes = [exc] * len(pending)
+        settle(pending, [self._failure(o) for o in outcomes])
+
+    def _failure(self, outcome: Any) -> Any:
+        """A call's outcome as its caller gets it: driver errors as `StoreError`."""
+        if isinstance(outcome, msgspec.DecodeError):
+            return StoreError(f"SQLite store {self.path} holds unreadable data: {outcome}")
+        if isinstance(outcome, sqlite3.Error):
+            return StoreError(f"SQLite store {self.path} failed: {outcome}")
+        return outcome
+
+    def _drop_inline(self, conn: sqlite3.Connection) -> None:
+        self._inline = None
+        conn.close()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _open_inline(self) -> None:
         """Open the loop's connection, in a thread: opening may wait for a migration."""
@@ -673,19 +777,26 @@ class SQLiteStore:
         bodies = [encode_message(m).decode() for m in stored]
         planted, _ = stamp(seed)
         seed_bodies = [encode_message(m).decode() for m in planted]
-        known = self._cache.known(session_id)  # the session is ours alone until `end_turn`
 
         def attempt(token: str) -> Awaitable[_Begun | None]:
             lease = self._lock_row(session_id, token)
-            return self._run(self._begin, lease, agent_name, bodies, seed_bodies, micros(now), known, window)
+            # what the cache holds is read here, under the process's hold on the session
+            known = self._cache.known(session_id)
+            opening = (agent_name, bodies, seed_bodies, micros(now), known, window)
+            return self._write(self._begin, lease, *opening)
 
         token, (incarnation, count, first, read) = await self._lease.acquire(session_id, attempt)
-        history = self._cache.history(session_id, incarnation, count, window, first, read)
+        cache = self._cache
+        start = cache.read_from(session_id, incarnation, count, window)
+        if start < first:  # the tail the transaction counted on was evicted since
+            read = await self._run(_select_messages, session_id, start, first) + read
+            first = start
+        history = cache.history(session_id, incarnation, count, window, first, read)
         opening = stored
         if count == 0 and planted:  # stored before the opening messages, and shown
             history = planted[window_start(len(planted), window) :]
             opening = [*planted, *stored]
-        self._cache.appended(session_id, incarnation, count, opening, window)
+        cache.appended(session_id, incarnation, count, opening, window)
         end = count + len(opening)
         return OpenTurn(session_id, history, stored, token=(token, incarnation, window), end=end)
 
@@ -706,26 +817,30 @@ class SQLiteStore:
         with _Transaction(conn, immediate=True):
             if not self._take(conn, lease):
                 return None
+            # the history's version and the opening's place in one statement
             row = conn.execute(
-                "SELECT created_at, message_count FROM sessions WHERE id = ?", (session_id,)
+                "UPDATE sessions SET message_count = message_count + ?, updated_at = ? WHERE id = ? "
+                "RETURNING created_at, message_count",
+                (len(bodies), now, session_id),
             ).fetchone()
             if row is None:
                 conn.execute(
-                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'','{{}}',0,?,?)",
-                    (session_id, agent_name, now, now),
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,'','{{}}',?,?,?)",
+                    (session_id, agent_name, len(seed) + len(bodies), now, now),
                 )
                 incarnation, count = now, 0
             else:
-                incarnation, count = row
+                incarnation, count = row[0], row[1] - len(bodies)
+                if count == 0 and seed:
+                    conn.execute(
+                        "UPDATE sessions SET message_count = ? WHERE id = ?",
+                        (len(seed) + len(bodies), session_id),
+                    )
             first = first_unknown(known, incarnation, count, window)
             read = _select_messages(conn, session_id, first) if first < count else []
             if count == 0 and seed:
                 bodies = seed + bodies
             _insert_messages(conn, session_id, count, bodies)
-            conn.execute(
-                "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
-                (count + len(bodies), now, session_id),
-            )
         return incarnation, count, first, read
 
     async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
@@ -735,11 +850,14 @@ class SQLiteStore:
         session_id = turn.session_id
         try:
             count = await self._lease.release(
-                session_id, lambda: self._run(self._end, session_id, token, bodies, micros(now))
+                session_id, lambda: self._write(self._end, session_id, token, bodies, micros(now))
             )
         except BaseException:
             self._cache.forget(session_id)
             raise
+        if count < 0:
+            self._cache.forget(session_id)
+            raise SessionNotFound.of(session_id)
         if stored:
             self._cache.appended(session_id, incarnation, count, stored, window)
         return stored
@@ -748,21 +866,19 @@ class SQLiteStore:
     def _end(
         conn: sqlite3.Connection, session_id: str, token: str, bodies: builtins.list[str], now: int
     ) -> int:
-        """Store the turn's answer and drop its lease; the history's length before it."""
+        """Store the turn's answer and drop its lease; the history's length
+        before it, -1 when the session was deleted meanwhile."""
         with _Transaction(conn, immediate=True):
-            count = -1
+            count = 0
             if bodies:
                 row = conn.execute(
-                    "SELECT message_count FROM sessions WHERE id = ?", (session_id,)
+                    "UPDATE sessions SET message_count = message_count + ?, updated_at = ? WHERE id = ? "
+                    "RETURNING message_count",
+                    (len(bodies), now, session_id),
                 ).fetchone()
-                if row is None:
-                    raise SessionNotFound.of(session_id)
-                count = row[0]
-                _insert_messages(conn, session_id, count, bodies)
-                conn.execute(
-                    "UPDATE sessions SET message_count = ?, updated_at = ? WHERE id = ?",
-                    (count + len(bodies), now, session_id),
-                )
+                count = -1 if row is None else row[0] - len(bodies)
+                if row is not None:
+                    _insert_messages(conn, session_id, count, bodies)
             conn.execute(
                 "DELETE FROM turn_locks WHERE session_id = ? AND token = ?", (session_id, token)
             )

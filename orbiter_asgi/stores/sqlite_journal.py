@@ -63,7 +63,8 @@ _decode_info = msgspec.json.Decoder(RunInfo).decode
 
 
 class Runner(Protocol):
-    """`SQLiteStore._run`: `fn(conn, *args)` in a worker thread, on a pooled connection."""
+    """`SQLiteStore._run`: `fn(conn, *args)` on the store's connections; its
+    `_write` runs a write with the others of the same pass of the event loop."""
 
     async def __call__(self, fn: Callable[..., T], /, *args: Any) -> T: ...
 
@@ -187,15 +188,24 @@ class SQLiteJournal:
     ```
 
     Parameters:
-        run: the store's runner, `fn(conn, *args)` in a worker thread.
+        run: the store's runner, `fn(conn, *args)` on one of its connections.
+        write: the store's runner of writes (batched); `run` when not given.
         transaction: the store's transaction context manager.
         lease: seconds the lease of a run this process runs lasts unless
             renewed; None: `LEASE_TTL`.
     """
 
-    def __init__(self, run: Runner, transaction: Transaction, *, lease: float | None = None) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        transaction: Transaction,
+        *,
+        write: Runner | None = None,
+        lease: float | None = None,
+    ) -> None:
         assert lease is None or lease > 0
         self._run = run
+        self._write = write or run
         self._transaction = transaction
         self._lease = lease
         self._watch = CancelWatch(self._poll, lease=lambda: self.lease, interval=_CANCEL_POLL)
@@ -210,7 +220,7 @@ class SQLiteJournal:
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
-        return await self._run(self._start, info, idempotency_key, fingerprint)
+        return await self._write(self._start, info, idempotency_key, fingerprint)
 
     def _start(
         self, conn: sqlite3.Connection, info: RunInfo, key: str | None, fingerprint: str
@@ -262,7 +272,7 @@ class SQLiteJournal:
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
         if frames:
-            await self._run(self._append, run_id, frames, max_bytes)
+            await self._write(self._append, run_id, frames, max_bytes)
 
     async def append_chunk(self, run_id: str, chunk: bytes, count: int, *, max_bytes: int) -> None:
         # one row a frame, so reads and trims address frames by number in SQL
@@ -293,7 +303,7 @@ class SQLiteJournal:
             frames = end_frames(info, 2)
         # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
-        await self._run(self._finish, info, frames, max_bytes, retention)
+        await self._write(self._finish, info, frames, max_bytes, retention)
 
     def _finish(
         self,
