@@ -1,7 +1,9 @@
-"""Session stores, chosen by URL: `memory://`, `sqlite:///path.db`, `redis://host:port/db`.
+"""Session stores, chosen by URL: `memory://`, `sqlite:///path.db`, `redis://host:port/db`,
+`postgresql://user:pass@host:port/db` (or `postgres://`).
 
 Backends are import strings loaded only when their scheme is used, so the
-`redis` package is needed only by those who pick Redis.
+`redis` package is needed only by those who pick Redis, and psycopg only
+by those who pick PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ STORES: dict[str, str] = {
     "sqlite": "orbiter_asgi.stores.sqlite:SQLiteStore",
     "redis": "orbiter_asgi.stores.redis:RedisStore",
     "rediss": "orbiter_asgi.stores.redis:RedisStore",
+    "postgresql": "orbiter_asgi.stores.postgres:PostgresStore",
+    "postgres": "orbiter_asgi.stores.postgres:PostgresStore",
 }
 
 

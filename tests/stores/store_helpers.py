@@ -1,8 +1,10 @@
-"""Real processes for the store tests: throwaway redis-servers and uvicorn workers."""
+"""Real processes for the store tests: throwaway redis-servers, PostgreSQL clusters and uvicorn workers."""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -14,16 +16,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 __all__ = [
     "BACKENDS",
     "HERE",
+    "PostgresServer",
     "RedisServer",
     "ServerProcess",
+    "drop_schemas",
     "free_port",
+    "postgres_unavailable_reason",
     "redis_unavailable_reason",
     "wait_for",
+    "with_option",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +39,7 @@ BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
 
 
@@ -119,6 +127,95 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed server's binaries: Debian keeps them off PATH."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parent.parent.name)
+    )
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+def postgres_unavailable_reason() -> str | None:
+    if _postgres_bin() is None:
+        return (
+            "PostgreSQL is not installed (apt-get install postgresql) "
+            "and ORBITER_TEST_POSTGRES_URL is not set"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no postgres user to run the server as"
+    return None
+
+
+def drop_schemas(url: str, prefix: str) -> None:
+    """Drops every schema whose name starts with `prefix`."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)
+        ).fetchall()
+        for (name,) in rows:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def with_option(url: str, option: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{option}"
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of our own in a temp dir, on a free loopback port, to
+    stop and start again. The server refuses to run as root: as root, its
+    binaries run as the `postgres` user, which owns the directory."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        bin_dir = _postgres_bin()
+        assert bin_dir is not None
+        self.bin = bin_dir
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="orbiter-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run(
+            "initdb", "-D", self.data, "-U", "orbiter", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://orbiter@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [*self._as, str(self.bin / program), *args]
+        done = subprocess.run(command, capture_output=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed: {done.stderr.decode()}{done.stdout.decode()}")
+
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        log = os.path.join(self.dir, "server.log")
+        self._run("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ServerProcess:

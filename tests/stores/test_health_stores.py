@@ -1,5 +1,6 @@
 """`SessionStore.ping()` on every backend, and `/readyz` while a real Redis
-goes away, hangs and comes back, under one app that is never restarted."""
+goes away, hangs and comes back (and a real PostgreSQL goes away and comes
+back), under one app that is never restarted."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import anyio
 import pytest
-from store_helpers import RedisServer
+from store_helpers import PostgresServer, RedisServer, with_option
 
 from orbiter_asgi import Agent, create_app
 from orbiter_asgi.exceptions import StoreError
@@ -101,3 +102,25 @@ async def test_readyz_gives_up_on_a_hung_redis_and_its_client_recovers(
     }
     assert back.status_code == 200
     assert read.title == "after"
+
+
+@pytest.mark.postgres
+async def test_readyz_follows_a_postgres_that_stops_and_starts_again(postgres_server: PostgresServer) -> None:
+    app = create_app(agents=[Agent("assistant")], store=with_option(postgres_server.url, "timeout=1"))
+    try:
+        async with client_for(app) as client:
+            up = await client.get("/readyz")
+            postgres_server.stop()
+            down = await client.get("/readyz")
+            with pytest.raises(StoreError):
+                await app.store.ping()
+            alive = await client.get("/healthz")
+            postgres_server.start()
+            back = await client.get("/readyz")
+    finally:
+        await app.store.aclose()
+    assert up.status_code == 200
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
+    assert down.json() == STORE_UNAVAILABLE
+    assert alive.status_code == 200
+    assert back.status_code == 200 and back.json() == {"status": "ready"}

@@ -1,5 +1,5 @@
-"""Leases of the SQLite run journal: a run whose worker stopped renewing is
-ended by its next reader, once, and its worker is told to stop."""
+"""Leases of the SQLite and PostgreSQL run journals: a run whose worker stopped
+renewing is ended by its next reader, once, and its worker is told to stop."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ from collections.abc import Callable
 from contextlib import closing
 
 import anyio
+import psycopg
 import pytest
 
 from orbiter_asgi.models import RunInfo
-from orbiter_asgi.stores import SessionStore, sqlite_journal
+from orbiter_asgi.stores import SessionStore, postgres_journal, sqlite_journal
 from orbiter_asgi.stores.journal import start_frame
+from orbiter_asgi.stores.postgres import PostgresStore
 from orbiter_asgi.stores.sqlite import SQLiteStore
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize(
+        "store_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+    ),
+]
 
 MiB = 1 << 20
 
@@ -31,7 +38,12 @@ def _frames(run_id: str, first: int, count: int) -> list[bytes]:
 
 
 def _sql(store: SessionStore, statement: str, *params: object) -> list[tuple[object, ...]]:
-    """Runs one statement on the store's file, as another program (or a dead worker) would have."""
+    """Runs one statement on the store's data, as another program (or a dead worker) would have."""
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(**store._params, autocommit=True) as pg:
+            pg.execute(f'SET search_path TO "{store.schema}"')
+            cursor = pg.execute(statement.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description is not None else []
     assert isinstance(store, SQLiteStore)
     with closing(sqlite3.connect(store.path)) as conn:
         rows = conn.execute(statement, params).fetchall()
@@ -121,6 +133,7 @@ async def test_a_watched_run_keeps_its_lease(
     open_stores: Callable[[], SessionStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_journal, "LEASE_TTL", 0.6)  # renewed every 0.2 s
+    monkeypatch.setattr(postgres_journal, "LEASE_TTL", 0.6)
     owner, reader = open_stores(), open_stores()
     info = _info()
     await owner.runs.start(info)
@@ -136,7 +149,7 @@ async def test_a_watched_run_keeps_its_lease(
 
 async def test_the_poller_stops_when_nothing_is_watched(open_stores: Callable[[], SessionStore]) -> None:
     store = open_stores()
-    assert isinstance(store, SQLiteStore)
+    assert isinstance(store, SQLiteStore | PostgresStore)
     info = _info()
     await store.runs.start(info)
     store.runs.watch(info.id, lambda: None)

@@ -1,4 +1,4 @@
-"""Runs across real worker processes: two uvicorn servers on one SQLite file, or one Redis.
+"""Runs across real worker processes: two uvicorn servers on one SQLite file, one Redis or one PostgreSQL.
 
 A stream dropped on one worker resumes on the other with no gap and no
 duplicate, a cancel sent to one stops the run on the other within a
@@ -32,11 +32,20 @@ SLOW_ECHO = {"ORBITER_TEST_MODEL": "echo?delay=0.05"}
 DONE = b"[DONE]"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     options = f"lock_ttl={LOCK_TTL:g}&run_lease={RUN_LEASE:g}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}?{options}"
+    if request.param == "postgres":
+        postgres: str = request.getfixturevalue("postgres_store_url")
+        return f"{postgres}&{options}"
     url: str = request.getfixturevalue("redis_store_url")
     # a blocking read waits at most half the socket timeout: a lapsed lease is seen within 1 s
     return f"{url}&{options}&timeout=2"

@@ -70,12 +70,18 @@ async def test_batches_are_never_interleaved(open_stores: Callable[[], SessionSt
         assert contents[start : start + 5] == [f"{owner}:{i}" for i in range(5)]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store that separate processes share (so not memory)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
-    url: str = request.getfixturevalue("redis_store_url")
+    url: str = request.getfixturevalue(f"{request.param}_store_url")
     return url
 
 

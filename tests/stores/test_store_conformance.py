@@ -323,3 +323,120 @@ async def test_reopen_after_aclose(open_stores: Callable[[], SessionStore]) -> N
     session = await store.create(metadata={"kept": True})
     await store.aclose()
     assert (await store.get(session.id)).metadata == {"kept": True}
+
+
+# --- turns: begin_turn / end_turn ------------------------------------------------------
+
+
+def _user(text: str) -> Message:
+    return Message(role="user", content=text)
+
+
+async def test_a_turn_creates_a_new_session(store: SessionStore) -> None:
+    turn = await store.begin_turn("fresh", agent_name="assistant", messages=[_user("hi")])
+    assert turn.history == []
+    assert _content(turn.stored) == [("user", "hi")] and turn.stored[0].created_at is not None
+    answer = await store.end_turn(turn, [Message(role="assistant", content="hello")])
+    assert _content(answer) == [("assistant", "hello")]
+    session = await store.get("fresh")
+    assert session.agent_name == "assistant"
+    assert _content(session.messages) == [("user", "hi"), ("assistant", "hello")]
+    again = await store.begin_turn("fresh", agent_name="other", messages=[_user("more")])
+    await store.end_turn(again, [])
+    assert _content(again.history) == [("user", "hi"), ("assistant", "hello")]
+    assert (await store.get("fresh")).agent_name == "assistant"  # not changed by later turns
+
+
+async def test_a_seed_is_adopted_only_by_an_empty_history(store: SessionStore) -> None:
+    seed = [_user("earlier"), Message(role="assistant", content="answer")]
+    first = await store.begin_turn("seeded", agent_name=None, messages=[_user("now")], seed=seed)
+    assert _content(first.history) == _content(seed)
+    assert _content(first.stored) == [("user", "now")]
+    await store.end_turn(first, [Message(role="assistant", content="done")])
+    expected = [*_content(seed), ("user", "now"), ("assistant", "done")]
+    assert _content(await store.messages("seeded")) == expected
+    # a history that is there wins over a seed
+    second = await store.begin_turn("seeded", agent_name=None, messages=[_user("x")], seed=[_user("ignored")])
+    await store.end_turn(second, [])
+    assert _content(second.history) == expected
+    assert _content(await store.messages("seeded")) == [*expected, ("user", "x")]
+
+
+async def test_a_window_shows_the_last_messages_and_keeps_them_all(store: SessionStore) -> None:
+    await store.create(session_id="long")
+    await store.append("long", [_user(str(n)) for n in range(10)])
+    for window in (3, 3, 1, 20):  # twice: the second may come from this process's cache
+        turn = await store.begin_turn("long", agent_name=None, messages=[], window=window)
+        await store.end_turn(turn, [])
+        assert [m.content for m in turn.history] == [str(n) for n in range(10)][-window:]
+    turn = await store.begin_turn("long", agent_name=None, messages=[_user("10")], window=2)
+    assert [m.content for m in turn.history] == ["8", "9"]
+    await store.end_turn(turn, [_user("11")])
+    turn = await store.begin_turn("long", agent_name=None, messages=[], window=4)
+    await store.end_turn(turn, [])
+    assert [m.content for m in turn.history] == ["8", "9", "10", "11"]
+    assert [m.content for m in await store.messages("long")] == [str(n) for n in range(12)]
+
+
+async def test_a_turn_sees_what_other_workers_wrote(open_stores: Callable[[], SessionStore]) -> None:
+    here, there = open_stores(), open_stores()
+    turn = await here.begin_turn("shared", agent_name=None, messages=[_user("a")])
+    await here.end_turn(turn, [Message(role="assistant", content="b")])
+    other = await there.begin_turn("shared", agent_name=None, messages=[_user("c")])
+    assert _content(other.history) == [("user", "a"), ("assistant", "b")]
+    await there.end_turn(other, [Message(role="assistant", content="d")])
+    await there.append("shared", [_user("e")])  # outside any turn, too
+    again = await here.begin_turn("shared", agent_name=None, messages=[], window=4)
+    await here.end_turn(again, [])
+    assert [m.content for m in again.history] == ["b", "c", "d", "e"]
+    whole = await here.begin_turn("shared", agent_name=None, messages=[])
+    await here.end_turn(whole, [])
+    assert [m.content for m in whole.history] == ["a", "b", "c", "d", "e"]
+
+
+async def test_a_recreated_session_is_not_served_from_a_stale_cache(
+    open_stores: Callable[[], SessionStore],
+) -> None:
+    here, there = open_stores(), open_stores()
+    turn = await here.begin_turn("reborn", agent_name=None, messages=[_user("old 1"), _user("old 2")])
+    await here.end_turn(turn, [])
+    await anyio.sleep(0.002)  # a new incarnation: another creation time
+    assert await there.delete("reborn")
+    await there.create(session_id="reborn")
+    await there.append("reborn", [_user("new 1"), _user("new 2"), _user("new 3")])
+    again = await here.begin_turn("reborn", agent_name=None, messages=[])
+    await here.end_turn(again, [])
+    assert [m.content for m in again.history] == ["new 1", "new 2", "new 3"]
+
+
+async def test_a_busy_session_waits_for_the_turn_to_end(open_stores: Callable[[], SessionStore]) -> None:
+    here, there = open_stores(), open_stores()
+    first = await here.begin_turn("busy-turn", agent_name=None, messages=[_user("1")])
+    got: list[list[str]] = []
+
+    async def second(store: SessionStore) -> None:
+        turn = await store.begin_turn("busy-turn", agent_name=None, messages=[_user("2")])
+        got.append([m.content for m in turn.history])
+        await store.end_turn(turn, [Message(role="assistant", content="a2")])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(second, there)  # another worker
+            group.start_soon(second, here)  # and another task of this one
+            await anyio.sleep(0.2)
+            assert got == []  # both wait
+            await here.end_turn(first, [Message(role="assistant", content="a1")])
+    contents = [m.content for m in await here.messages("busy-turn")]
+    assert contents == ["1", "a1", "2", "a2", "2", "a2"]
+    assert got == [["1", "a1"], ["1", "a1", "2", "a2"]]
+
+
+async def test_a_turn_on_a_session_deleted_meanwhile(store: SessionStore) -> None:
+    turn = await store.begin_turn("gone", agent_name=None, messages=[_user("1")])
+    assert await store.delete("gone")
+    with pytest.raises(SessionNotFound):
+        await store.end_turn(turn, [Message(role="assistant", content="lost")])
+    with anyio.fail_after(10):  # the lock was given back all the same
+        turn = await store.begin_turn("gone", agent_name=None, messages=[_user("again")])
+        await store.end_turn(turn, [])
+    assert _content(turn.history) == []

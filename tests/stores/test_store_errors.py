@@ -11,12 +11,15 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 import pytest
-from store_helpers import RedisServer
+from store_helpers import PostgresServer, RedisServer, with_option
 
 from orbiter_asgi import Agent, create_app
+from orbiter_asgi.exceptions import RequestError
 from orbiter_asgi.models import Message
 from orbiter_asgi.stores import SessionStore, open_store
+from orbiter_asgi.stores import postgres as postgres_store
 from orbiter_asgi.stores import sqlite as sqlite_store
 from orbiter_asgi.stores._records import encode_message, micros
 from orbiter_asgi.stores.sqlite import SQLiteStore
@@ -245,3 +248,128 @@ async def test_busy_session_is_a_503(tmp_path: Path, serve: Callable[..., httpx.
         assert (await client.post("/chat", json=turn)).status_code == 200
     finally:
         await holder.aclose()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_down_then_back(
+    postgres_server: PostgresServer, serve: Callable[..., httpx.AsyncClient]
+) -> None:
+    client = serve(open_store(with_option(postgres_server.url, "timeout=1")))
+    assert (await client.post("/sessions", json={})).status_code == 201
+    postgres_server.stop()
+    _assert_503(await client.post("/sessions", json={}), "PostgreSQL store")
+    _assert_503(await client.get("/sessions"), "PostgreSQL store")
+    _assert_503(await client.post("/chat", json={"input": "hi", "session_id": "s"}))
+    _assert_503(await client.post("/chat", json={"input": "hi"}), "PostgreSQL store")
+    postgres_server.start()
+    # the pooled connections the restart closed are dropped, not handed out
+    assert (await client.post("/sessions", json={})).status_code == 201
+    response = await client.post("/chat", json={"input": "back", "session_id": "s"})
+    assert response.status_code == 200
+    assert [m["content"] for m in (await client.get("/sessions/s")).json()["messages"]] == ["back", "back"]
+
+
+@pytest.mark.postgres
+async def test_postgres_statement_timeout_then_recovery(
+    postgres_store_url: str, serve: Callable[..., httpx.AsyncClient]
+) -> None:
+    client = serve(open_store(with_option(postgres_store_url, "timeout=0.3")))
+    assert (await client.post("/sessions", json={"id": "s"})).status_code == 201
+    schema = postgres_store_url.rpartition("schema=")[2]
+    async with await psycopg.AsyncConnection.connect(postgres_store_url.partition("?")[0]) as other:
+        await other.execute(f'LOCK TABLE "{schema}".sessions IN ACCESS EXCLUSIVE MODE')
+        _assert_503(await client.get("/sessions/s"), "PostgreSQL store")
+        await other.rollback()
+    assert (await client.get("/sessions/s")).status_code == 200
+
+
+@pytest.mark.postgres
+async def test_postgres_newer_schema(
+    postgres_store_url: str, serve: Callable[..., httpx.AsyncClient]
+) -> None:
+    store = open_store(postgres_store_url)
+    await store.create(session_id="old")
+    await store.aclose()
+    schema = postgres_store_url.rpartition("schema=")[2]
+    async with await psycopg.AsyncConnection.connect(postgres_store_url.partition("?")[0]) as conn:
+        await conn.execute(f'UPDATE "{schema}".schema_version SET version = version + 1')
+    client = serve(open_store(postgres_store_url))
+    _assert_503(await client.get("/sessions/old"), "newer", "upgrade orbiter-asgi")
+
+
+@pytest.mark.postgres
+async def test_postgres_foreign_schema(
+    postgres_store_url: str, serve: Callable[..., httpx.AsyncClient]
+) -> None:
+    schema = postgres_store_url.rpartition("schema=")[2]
+    async with await psycopg.AsyncConnection.connect(postgres_store_url.partition("?")[0]) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f"CREATE TABLE \"{schema}\".users (name text)")
+    client = serve(open_store(postgres_store_url))
+    _assert_503(await client.get("/sessions"), "not an orbiter-asgi session schema")
+
+
+@pytest.mark.postgres
+async def test_postgres_upgrades_an_older_schema_once_for_many_workers(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(postgres_store_url)
+    session = await store.create(session_id="kept", metadata={"a": 1})
+    await store.aclose()
+    future = (*postgres_store.MIGRATIONS, ("ALTER TABLE {s}.sessions ADD COLUMN pinned boolean",))
+    monkeypatch.setattr(postgres_store, "MIGRATIONS", future)
+    monkeypatch.setattr(postgres_store, "SCHEMA_VERSION", len(future))
+    workers = [open_store(postgres_store_url) for _ in range(6)]
+    try:
+        found: list[object] = []
+
+        async def read(worker: SessionStore) -> None:
+            found.append(await worker.get("kept"))
+
+        async with anyio.create_task_group() as group:  # all migrate at once: one does
+            for worker in workers:
+                group.start_soon(read, worker)
+        assert found == [session] * 6
+    finally:
+        for worker in workers:
+            await worker.aclose()
+    schema = postgres_store_url.rpartition("schema=")[2]
+    async with await psycopg.AsyncConnection.connect(postgres_store_url.partition("?")[0]) as conn:
+        version = await (await conn.execute(f'SELECT version FROM "{schema}".schema_version')).fetchall()
+        assert version == [(len(future),)]
+        columns = await conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (schema, "sessions"),
+        )
+        assert ("pinned",) in await columns.fetchall()
+
+
+@pytest.mark.postgres
+async def test_postgres_busy_session_is_a_503(
+    postgres_store_url: str, serve: Callable[..., httpx.AsyncClient]
+) -> None:
+    url = with_option(postgres_store_url, "lock_wait=0.2")
+    holder = open_store(url)
+    client = serve(open_store(url))
+    try:
+        turn = {"input": "x", "session_id": "s"}
+        async with holder.lock("s"):
+            _assert_503(await client.post("/chat", json=turn), "busy")
+        assert (await client.post("/chat", json=turn)).status_code == 200
+    finally:
+        await holder.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_nul_in_an_id_is_a_400_and_in_a_title_is_kept(postgres_store_url: str) -> None:
+    store = open_store(postgres_store_url)
+    try:
+        with pytest.raises(RequestError):
+            await store.create(session_id="a\x00b")
+        created = await store.create(title="nul \x00 inside")
+        assert (await store.get(created.id)).title == "nul \x00 inside"
+    finally:
+        await store.aclose()

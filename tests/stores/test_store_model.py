@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from redis import Redis
-from store_helpers import BACKENDS
+from store_helpers import BACKENDS, drop_schemas, with_option
 
 from orbiter_asgi.exceptions import ConflictError, SessionNotFound
 from orbiter_asgi.models import Message
@@ -180,6 +180,14 @@ def test_store_matches_model(backend: str, portal: BlockingPortal, request: pyte
 
         def new_url() -> str:
             return f"sqlite:///{Path(directory.name) / f'm{next(counter)}.db'}"
+    elif backend == "postgres":
+        postgres_url: str = request.getfixturevalue("postgres_url")
+        schemas = f"test_model_{uuid.uuid4().hex[:8]}_"
+
+        def new_url() -> str:
+            return with_option(postgres_url, f"schema={schemas}{next(counter)}")
+
+        cleanup.append(lambda: drop_schemas(postgres_url, schemas))
     else:
         redis_url: str = request.getfixturevalue("redis_url")
         prefix = f"test:model:{uuid.uuid4().hex[:8]}:"

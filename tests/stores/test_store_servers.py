@@ -1,10 +1,10 @@
 """Real server processes sharing one store, through HTTP.
 
 Two separate uvicorn processes (and one with `--workers 2`) on one SQLite
-file or one Redis: a session started on one continues on the other with
+file, one Redis or one PostgreSQL: a session started on one continues on the other with
 one ordered history, and concurrent turns on one session are serialized
 across processes. A server SIGKILLed mid-traffic loses no acknowledged
-message and leaves a readable SQLite file.
+message (SQLite, PostgreSQL) and leaves a readable SQLite file.
 """
 
 from __future__ import annotations
@@ -21,11 +21,26 @@ from store_helpers import ServerProcess
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
-    url: str = request.getfixturevalue("redis_store_url")
+    url: str = request.getfixturevalue(f"{request.param}_store_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store whose acknowledged writes outlive the process (Redis here keeps no disk copy)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'killed.db'}"
+    url: str = request.getfixturevalue("postgres_store_url")
     return url
 
 
@@ -93,9 +108,8 @@ def test_workers_share_the_store(shared_store: str) -> None:
         server.stop()
 
 
-def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
-    path = tmp_path / "killed.db"
-    url = f"sqlite:///{path}"
+def test_sigkill_loses_no_acknowledged_message(durable_store: str) -> None:
+    url = durable_store
     server = ServerProcess(url)
     acknowledged: dict[str, list[str]] = {f"w{n}": [] for n in range(4)}
     stop = threading.Event()
@@ -140,9 +154,10 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
             thread.join(30)
         server.kill()
 
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.close()
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.close()
 
     again = ServerProcess(url)
     try:
