@@ -293,9 +293,10 @@ class _SlowHistoryStore(MemoryStore):
         return await super().append(session_id, messages)
 
 
-async def test_a_deadline_during_the_history_write_waits_for_it_and_leaves_nothing_behind() -> None:
-    # the turn's deadline (50 ms) passes while its answer is being stored (150 ms): the
-    # write completes, the turn ends as timed out, and no cancellation outlives the turn
+async def test_a_deadline_during_the_history_write_does_not_cut_it_nor_outlive_the_turn() -> None:
+    # the turn's deadline (50 ms) bounds the agent, which answers at once; its answer is
+    # stored in the turn's last store step (150 ms), with the run's end, under the store's
+    # own timeout: the write completes, the answer is reported, no cancellation lingers
     app = create_app(agents=[Agent("assistant")], store=_SlowHistoryStore(), run_timeout=0.05)
     async with client_for(app) as client:
         with anyio.fail_after(5):
@@ -303,7 +304,7 @@ async def test_a_deadline_during_the_history_write_waits_for_it_and_leaves_nothi
             await anyio.sleep(0)  # a cancellation left pending on this task would land here
             stored = (await client.get("/sessions/slow/messages")).json()
             after = await client.post("/chat", json={"input": "next"})
-    assert late.status_code == 504 and late.json()["detail"].startswith("The run took longer")
+    assert late.status_code == 200 and late.json()["output"] == "hi there"
     assert [(m["role"], m["content"]) for m in stored] == [("user", "hi there"), ("assistant", "hi there")]
     assert after.status_code == 200 and after.json()["output"] == "next"
     assert app.context.guard.active == 0

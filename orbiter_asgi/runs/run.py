@@ -14,6 +14,7 @@ it finished, failed or was cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -42,8 +43,8 @@ from ..models import (
 )
 from ..registry import RegisteredAgent
 from ..runtime.loop import AgentEvent, tool_message
-from ..stores._turns import LockedTurns
-from ..stores.base import OpenTurn, SessionStore
+from ..stores._turns import LockedTurns, finish_run
+from ..stores.base import OpenTurn, RunEnd, SessionStore
 from ..tracing import RunSpan, end_run_span, start_run_span
 from .log import log_run_end
 from .turn import Turn
@@ -155,8 +156,10 @@ class Run:
     """
 
     __slots__ = (
+        "_answer",
         "_appending",
         "_grace",
+        "_opened",
         "_span",
         "_stopped",
         "_turn",
@@ -213,6 +216,8 @@ class Run:
         self._stopped = False
         self._grace: asyncio.TimerHandle | None = None
         self._appending: bytes | None = None  # frames being journaled
+        self._opened: OpenTurn | None = None  # the session's turn, from its first store step to its last
+        self._answer: list[Message] = []  # what the turn adds to the session's history
         self._unsent = b""  # frames journaled whose sending a cancel cut short
         self._span: RunSpan | None = None  # its OpenTelemetry span, current while it drives
         self.detached_at: float | None = None  # when the transport lost its client
@@ -250,7 +255,11 @@ class Run:
         The run is pushed to the transport rather than pulled from it: the
         turn costs one coroutine, not a generator per layer.
         """
-        if self.info is None:
+        # a JSON turn in a session starts its record in the turn's first store step
+        start_in_turn = self.info is None and emit is None and self.session_id is not None
+        if start_in_turn:
+            self.info = RunInfo(id=self.id, agent_name=self.agent.name, session_id=self.session_id)
+        elif self.info is None:
             await self.open()
         self.journal.watch(self.id, self.cancel)  # until the journal is told the run ended
         self._span = start_run_span(self)  # ended by `_end`
@@ -265,18 +274,19 @@ class Run:
                 turn.on_disconnect = self.detach
                 try:
                     if self.session_id is None:
-                        done = await self._drive(turn, self.history, emit, None)
+                        done = await self._drive(turn, self.history, emit)
                     else:
                         limit = self.agent.history_limit
-                        opened = await _turns_of(self.context.store).begin_turn(
+                        self._opened = await _turns_of(self.context.store).begin_turn(
                             self.session_id,
                             agent_name=self.agent.name,
                             messages=[Message(role="user", content=self.input)],
                             seed=self.history,  # a new session adopts the client's history
                             # one more than shown: tells `fit_history` whether the window cut
                             window=None if limit is None else limit + 1,
+                            run=self.info if start_in_turn else None,
                         )
-                        done = await self._drive(turn, opened.history, emit, opened)
+                        done = await self._drive(turn, self._opened.history, emit)
                 finally:
                     self._turn = None
                     if self._grace is not None:
@@ -287,7 +297,11 @@ class Run:
                     await self._settle_append()
                 await self._end(None, exc)
             raise
-        await self._end(done, None)
+        if self._opened is None:
+            await self._end(done, None)
+        else:
+            with anyio.CancelScope(shield=True):  # the history is written here
+                await self._end(done, None)
         return done
 
     async def _start(self, emit: Emit) -> None:
@@ -299,7 +313,32 @@ class Run:
 
     def _end(self, done: DoneEvent | None, exc: BaseException | None) -> Awaitable[None]:
         """Write the run's end to the journal, its record and its last frames,
-        when the returned awaitable (the journal's own) is awaited."""
+        when the returned awaitable (the journal's own) is awaited. A turn in a
+        session writes it with the turn's answer, in the turn's last store step."""
+        end = self._ending(done, exc)
+        if self._opened is not None:
+            return self._end_turn(end, done)
+        self._report()
+        return finish_run(self.journal, end)
+
+    async def _end_turn(self, end: RunEnd, done: DoneEvent | None) -> None:
+        opened, self._opened = self._opened, None
+        assert opened is not None
+        try:
+            await _turns_of(self.context.store).end_turn(opened, self._answer, run=end)
+        except OrbiterError as failure:
+            # the answer is not stored: the turn failed, whatever it was about to report
+            if end.frames is not None:
+                self.seq -= 2  # the last frames are made again
+            end = self._ending(None, failure)
+            self._report()
+            with contextlib.suppress(OrbiterError):
+                await finish_run(self.journal, end)
+            raise failure from None
+        self._report()
+
+    def _ending(self, done: DoneEvent | None, exc: BaseException | None) -> RunEnd:
+        """The run's end: its record ended, its last event (`outcome`) and frames (`final`)."""
         info = self.info  # the record the journal was given at the start, now ended
         assert info is not None
         last: DoneEvent | ErrorEvent
@@ -322,15 +361,16 @@ class Run:
             frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
             self.seq += 2
             self.final = self._unsent + frames[0] + frames[1]
+        limits = self.context.limits
+        return RunEnd(info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention)
+
+    def _report(self) -> None:
+        """The run has ended: log it, end its span, tell the app's observers."""
         log_run_end(self)
         if self._span is not None:
             end_run_span(self._span, self)
         for observe in self.context.run_observers:
             observe(self)
-        limits = self.context.limits
-        return self.journal.finish(
-            info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
-        )
 
     async def _settle_append(self) -> None:
         """After an append cut short (a cancel while a shared journal wrote),
@@ -398,12 +438,10 @@ class Run:
         if self._turn is turn and not await self.journal.touched_since(self.id, self.detached_at):
             turn.drop()
 
-    async def _drive(
-        self, turn: Turn, history: Sequence[Message], emit: Emit | None, opened: OpenTurn | None
-    ) -> DoneEvent:
-        """Run the agent, and end the session's turn (`opened`) with what it produced."""
+    async def _drive(self, turn: Turn, history: Sequence[Message], emit: Emit | None) -> DoneEvent:
+        """Run the agent; what it produced for the session's history is left in `_answer`."""
         agent = self.agent
-        transcript = _Transcript(keep_messages=opened is not None)
+        transcript = _Transcript(keep_messages=self._opened is not None)
         record = transcript.record
         text = transcript.text
         journal = self.journal
@@ -460,9 +498,7 @@ class Run:
                     steps=transcript.steps,
                     usage=transcript.usage,
                 )
-                if opened is not None:
-                    with turn.shielded():
-                        await _turns_of(self.context.store).end_turn(opened, transcript.messages)
+                self._answer = transcript.messages
         if self.result.steps == 0:  # an agent that reports no usage still took a step
             self.result.steps = 1
         return self.result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["Batch", "Pending", "settle"]
@@ -36,18 +36,29 @@ class Batch:
         self._pending: Pending = []
 
     async def call(self, item: Any) -> Any:
+        (outcome,) = await self.call_many((item,))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def call_many(self, items: Sequence[Any]) -> list[Any]:
+        """Several calls, in one batch and in order; their outcomes, errors as values."""
         loop = asyncio.get_running_loop()
         if not self._pending:
             loop.call_soon(self._flush)
-        future = loop.create_future()
-        self._pending.append((item, future))
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures, strict=True))
+        together = asyncio.gather(*futures, return_exceptions=True) if len(futures) > 1 else futures[0]
         try:
-            return await asyncio.shield(future)
+            outcome = await asyncio.shield(together)
         except asyncio.CancelledError:
-            while not future.done():
+            while not together.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(future)
+                    await asyncio.shield(together)
             raise
+        except Exception as exc:  # the one call failed
+            return [exc]
+        return outcome if len(futures) > 1 else [outcome]
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []

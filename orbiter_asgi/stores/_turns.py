@@ -8,15 +8,21 @@ through this, at the cost of a step per call.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ..models import Message
+from ..models import Message, RunInfo
 from ._history_cache import window_start
-from .base import OpenTurn
+from .base import OpenTurn, RunEnd
+from .journal import RunJournal
 
-__all__ = ["LockedTurns"]
+__all__ = ["LockedTurns", "finish_run"]
+
+
+def finish_run(journal: RunJournal, run: RunEnd) -> Awaitable[None]:
+    """`journal.finish` of a `RunEnd`, awaitable."""
+    return journal.finish(run.info, run.frames, max_bytes=run.max_bytes, retention=run.retention)
 
 
 class LockedTurns:
@@ -35,7 +41,10 @@ class LockedTurns:
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
+        if run is not None:
+            await self.store.runs.start(run)
         lock: AbstractAsyncContextManager[None] = self.store.lock(session_id)
         await lock.__aenter__()
         try:
@@ -51,9 +60,13 @@ class LockedTurns:
         shown = history[window_start(len(history), window) :]
         return OpenTurn(session_id, shown, stored[len(stored) - len(messages) :], token=lock)
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> list[Message]:
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> list[Message]:
         lock: AbstractAsyncContextManager[None] = turn.token
         try:
             return await self.store.append(turn.session_id, messages) if messages else []
         finally:
             await lock.__aexit__(*sys.exc_info())
+            if run is not None:
+                await finish_run(self.store.runs, run)

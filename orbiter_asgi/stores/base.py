@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ..exceptions import RequestError
-from ..models import Message, Session, SessionSummary
+from ..models import Message, RunInfo, Session, SessionSummary
 from .journal import RunJournal
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "OpenTurn",
     "Page",
+    "RunEnd",
     "SessionStore",
     "decode_cursor",
     "encode_cursor",
@@ -104,6 +105,21 @@ class OpenTurn:
         self.end = end
 
 
+class RunEnd:
+    """A run's end, as `RunJournal.finish` takes it: `end_turn` writes it in
+    the turn's last step, so the answer and the run's end land together."""
+
+    __slots__ = ("frames", "info", "max_bytes", "retention")
+
+    def __init__(
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
+    ) -> None:
+        self.info = info
+        self.frames = frames
+        self.max_bytes = max_bytes
+        self.retention = retention
+
+
 @runtime_checkable
 class SessionStore(Protocol):
     """Async storage of sessions and their ordered message histories.
@@ -177,6 +193,7 @@ class SessionStore(Protocol):
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
         """Lock the session for a chat turn, read its history and append `messages`.
 
@@ -186,11 +203,16 @@ class SessionStore(Protocol):
         when it is new. A session with no history yet stores `seed` first,
         and shows it as its history. With `window`, only the last `window`
         messages are read and shown; the stored history stays whole.
+        With `run`, a run not yet in the journal, it is started there in the
+        same step, as `runs.start(run)` would.
         """
         ...
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
-        """Append what the turn produced and unlock the session, in one step.
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> builtins.list[Message]:
+        """Append what the turn produced and unlock the session, in one step;
+        with `run`, also end the run in the journal, as `runs.finish` would.
 
         Called once per `begin_turn`, shielded from cancellation. When the
         backend fails here the lock lapses with its lease.

@@ -11,13 +11,15 @@ from typing import Any
 import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound
-from ..models import Message, Session, SessionSummary
+from ..models import Message, RunInfo, Session, SessionSummary
 from ._history_cache import window_start
 from ._keyed_lock import KeyedLock
+from ._turns import finish_run
 from .base import (
     DEFAULT_PAGE_SIZE,
     OpenTurn,
     Page,
+    RunEnd,
     decode_cursor,
     new_session_id,
     utcnow,
@@ -162,7 +164,10 @@ class MemoryStore:
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
+        if run is not None:
+            await self.runs.start(run)
         await self._locks.acquire(session_id)
         try:
             record = self._records.get(session_id)
@@ -178,11 +183,15 @@ class MemoryStore:
             raise
         return OpenTurn(session_id, shown, stored)
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> builtins.list[Message]:
         try:
             return await self.append(turn.session_id, messages) if messages else []
         finally:
             self._locks.release(turn.session_id)
+            if run is not None:
+                await finish_run(self.runs, run)
 
     async def ping(self) -> None:
         return None  # in this process: it answers whenever the process does

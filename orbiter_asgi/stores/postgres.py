@@ -45,7 +45,7 @@ import anyio
 import msgspec
 
 from ..exceptions import ConflictError, RequestError, SessionNotFound, StoreError
-from ..models import Message, Session, SessionSummary
+from ..models import Message, RunInfo, Session, SessionSummary
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, Known
 from ._lease import LeaseLock
 from ._records import (
@@ -58,7 +58,8 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, decode_cursor, new_session_id, utcnow
+from ._turns import finish_run
+from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, RunEnd, decode_cursor, new_session_id, utcnow
 from .journal import RunJournal
 from .postgres_journal import JOURNAL_MIGRATION, Params, PostgresJournal
 
@@ -699,7 +700,10 @@ class PostgresStore:
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
+        if run is not None:
+            await self.runs.start(run)
         both, now = stamp([*seed, *messages])
         planted, stored = both[: len(seed)], both[len(seed) :]
         seed_bodies = [encode_message(m) for m in planted]
@@ -741,7 +745,16 @@ class PostgresStore:
             session_id, history, stored, token=(token, incarnation, window), end=length + len(stored)
         )
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> builtins.list[Message]:
+        try:
+            return await self._end_turn(turn, messages)
+        finally:
+            if run is not None:
+                await finish_run(self.runs, run)
+
+    async def _end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
         token, _, window = turn.token  # the incarnation written to comes back from the server
         stored, now = stamp(messages)
         session_id = turn.session_id

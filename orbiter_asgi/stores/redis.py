@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..exceptions import ConflictError, SessionNotFound, StoreError
-from ..models import Message, Session, SessionSummary
+from ..models import Message, RunInfo, Session, SessionSummary
 from ._batch import Batch, Pending, settle
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, window_start
 from ._lease import LeaseLock
@@ -51,10 +51,10 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, decode_cursor, new_session_id, utcnow
+from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, RunEnd, decode_cursor, new_session_id, utcnow
 from .journal import RunJournal
 from .redis_journal import SCRIPTS as RUN_SCRIPTS
-from .redis_journal import RedisJournal
+from .redis_journal import RedisJournal, ScriptCall
 
 try:
     import redis.asyncio as aioredis
@@ -638,10 +638,13 @@ class RedisStore:
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
         stored, now = stamp(messages)
         planted, _ = stamp(seed)
         keys = (*self._keys(session_id), self._index, self._lock_key(session_id))
+        starting = run  # started with the first attempt, in the same pipeline
+        start_failed: BaseException | None = None
         ttl_ms = int(self._lease.ttl * 1000)
         head = (ttl_ms, session_id, agent_name or "", self._agent_key(agent_name), micros(now))
         tail = (
@@ -655,10 +658,23 @@ class RedisStore:
             # what the cache holds is read here, under the process's hold on the session
             known = self._cache.known(session_id)
             args = (token, *head, *(("", 0, 0) if known is None else known), *tail)
-            begun: builtins.list[Any] | None = await self._script("begin_turn", keys, args)
+            begin: ScriptCall = ("begin_turn", keys, args)
+            nonlocal starting, start_failed
+            if starting is None:
+                begun: builtins.list[Any] | None = await self._script(*begin)
+                return begun
+            started, begun = await self._batch.call_many((self._journal.start_script(starting), begin))
+            if isinstance(begun, BaseException):
+                raise begun
+            if isinstance(started, BaseException):
+                start_failed = started
+            starting = None
             return begun
 
         token, (created, count, first, bodies) = await self._lease.acquire(session_id, attempt)
+        if start_failed is not None:  # the turn began, but its run was not recorded: undo the hold
+            await self.end_turn(OpenTurn(session_id, [], [], token=(token, None, window)), ())
+            raise start_failed
         incarnation = created.decode()
         read = [self._decode(decode_message, body) for body in bodies]
         start = self._cache.read_from(session_id, incarnation, count, window)
@@ -684,16 +700,29 @@ class RedisStore:
 
         return [self._decode(decode_message, body) for body in await self._call(work)]
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> builtins.list[Message]:
         token, incarnation, window = turn.token
         stored, now = stamp(messages)
         session_id = turn.session_id
         keys = (*self._keys(session_id), self._lock_key(session_id), f"{self.prefix}op:{token}")
         args = (token, micros(now), _RETRY_DEDUPE_MS, *(encode_message(m) for m in stored))
+        end: ScriptCall = ("end_turn", keys, args)
 
         async def step() -> int:
-            count: int = await self._script("end_turn", keys, args)
-            return count
+            if run is None:
+                count: int = await self._script(*end)
+                return count
+            # the answer first, then the run's end: one pipeline
+            finish = self._journal.finish_script(
+                run.info, run.frames, max_bytes=run.max_bytes, retention=run.retention
+            )
+            for outcome in (outcomes := await self._batch.call_many((end, finish))):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            result: int = outcomes[0]
+            return result
 
         try:
             count = await self._lease.release(session_id, step)

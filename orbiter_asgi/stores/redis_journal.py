@@ -243,6 +243,8 @@ class Call(Protocol):
 
 
 Script = Callable[[str, Sequence[str], Sequence[Any]], Awaitable[Any]]
+ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
+"""A script's name, keys and arguments."""
 
 
 class _State(NamedTuple):
@@ -301,6 +303,15 @@ class RedisJournal:
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
+        result = await self._script(*self.start_script(info, idempotency_key, fingerprint))
+        if result[0] == 0:
+            raise IdempotencyMismatch("This Idempotency-Key was used with another request body")
+        return self._decode(result[1]) if result[0] == 1 else info
+
+    def start_script(
+        self, info: RunInfo, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> ScriptCall:
+        """The script call of `start`, for a caller that sends it with others."""
         keys: tuple[str, ...] = self._keys(info.id)
         if idempotency_key is not None:
             keys = (*keys, f"{self._prefix}ik:{idempotency_key}")
@@ -313,10 +324,7 @@ class RedisJournal:
             f"{self._prefix}r:",
             start_frame(info),
         )
-        result = await self._script("run_start", keys, args)
-        if result[0] == 0:
-            raise IdempotencyMismatch("This Idempotency-Key was used with another request body")
-        return self._decode(result[1]) if result[0] == 1 else info
+        return "run_start", keys, args
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
         if frames:
@@ -331,12 +339,19 @@ class RedisJournal:
     async def finish(
         self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
+        await self._script(*self.finish_script(info, frames, max_bytes=max_bytes, retention=retention))
+
+    def finish_script(
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
+    ) -> ScriptCall:
+        """The script call of `finish`, for a caller that sends it with others;
+        the run is unwatched now, as `finish` does first."""
         if frames is None:
             frames = end_frames(info, 2)
         args = (_encode(info), info.status, _ms(retention), max_bytes, *frames)
         # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
-        await self._script("run_finish", self._keys(info.id), args)
+        return "run_finish", self._keys(info.id), args
 
     # --- reads, by any process ------------------------------------------------------------
 

@@ -47,7 +47,7 @@ import anyio.to_thread
 import msgspec
 
 from ..exceptions import ConflictError, OrbiterError, SessionNotFound, StoreError
-from ..models import Message, Session, SessionSummary
+from ..models import Message, RunInfo, Session, SessionSummary
 from ._batch import Batch, Pending, settle
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, Known, first_unknown, window_start
 from ._lease import LeaseLock
@@ -61,8 +61,8 @@ from ._records import (
     split_options,
     stamp,
 )
-from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, decode_cursor, new_session_id, utcnow
-from .journal import RunJournal
+from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, RunEnd, decode_cursor, new_session_id, utcnow
+from .journal import RunJournal, end_frames
 from .sqlite_journal import SQLiteJournal
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
@@ -772,6 +772,7 @@ class SQLiteStore:
         messages: Sequence[Message],
         seed: Sequence[Message] = (),
         window: int | None = None,
+        run: RunInfo | None = None,
     ) -> OpenTurn:
         stored, now = stamp(messages)
         bodies = [encode_message(m).decode() for m in stored]
@@ -782,7 +783,7 @@ class SQLiteStore:
             lease = self._lock_row(session_id, token)
             # what the cache holds is read here, under the process's hold on the session
             known = self._cache.known(session_id)
-            opening = (agent_name, bodies, seed_bodies, micros(now), known, window)
+            opening = (agent_name, bodies, seed_bodies, micros(now), known, window, run)
             return self._write(self._begin, lease, *opening)
 
         token, (incarnation, count, first, read) = await self._lease.acquire(session_id, attempt)
@@ -810,13 +811,17 @@ class SQLiteStore:
         now: int,
         known: Known | None,
         window: int | None,
+        run: RunInfo | None,
     ) -> _Begun | None:
         """Take the lease, create the session if new, read what the cache
-        lacks, store the opening messages; None while another turn holds it."""
+        lacks, store the opening messages (and start `run`); None while
+        another turn holds the session."""
         session_id = lease[0]
         with _Transaction(conn, immediate=True):
             if not self._take(conn, lease):
                 return None
+            if run is not None:
+                self._journal.write_start(conn, run)
             # the history's version and the opening's place in one statement
             row = conn.execute(
                 "UPDATE sessions SET message_count = message_count + ?, updated_at = ? WHERE id = ? "
@@ -843,14 +848,18 @@ class SQLiteStore:
             _insert_messages(conn, session_id, count, bodies)
         return incarnation, count, first, read
 
-    async def end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
+    async def end_turn(
+        self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
+    ) -> builtins.list[Message]:
         token, incarnation, window = turn.token
         stored, now = stamp(messages)
         bodies = [encode_message(m).decode() for m in stored]
         session_id = turn.session_id
+        if run is not None:
+            self._journal.unwatch(run.info.id)  # first, as `finish` does
         try:
             count = await self._lease.release(
-                session_id, lambda: self._write(self._end, session_id, token, bodies, micros(now))
+                session_id, lambda: self._write(self._end, session_id, token, bodies, micros(now), run)
             )
         except BaseException:
             self._cache.forget(session_id)
@@ -862,13 +871,21 @@ class SQLiteStore:
             self._cache.appended(session_id, incarnation, count, stored, window)
         return stored
 
-    @staticmethod
     def _end(
-        conn: sqlite3.Connection, session_id: str, token: str, bodies: builtins.list[str], now: int
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        token: str,
+        bodies: builtins.list[str],
+        now: int,
+        run: RunEnd | None,
     ) -> int:
-        """Store the turn's answer and drop its lease; the history's length
-        before it, -1 when the session was deleted meanwhile."""
+        """Store the turn's answer, drop its lease (and end `run`); the history's
+        length before the answer, -1 when the session was deleted meanwhile."""
         with _Transaction(conn, immediate=True):
+            if run is not None:
+                frames = run.frames if run.frames is not None else end_frames(run.info, 2)
+                self._journal.write_finish(conn, run.info, frames, run.max_bytes, run.retention)
             count = 0
             if bodies:
                 row = conn.execute(

@@ -220,11 +220,12 @@ class SQLiteJournal:
     async def start(
         self, info: RunInfo, *, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
-        return await self._write(self._start, info, idempotency_key, fingerprint)
+        return await self._write(self.write_start, info, idempotency_key, fingerprint)
 
-    def _start(
-        self, conn: sqlite3.Connection, info: RunInfo, key: str | None, fingerprint: str
+    def write_start(
+        self, conn: sqlite3.Connection, info: RunInfo, key: str | None = None, fingerprint: str = ""
     ) -> RunInfo:
+        """`start`, on `conn`: within the caller's transaction when one is open."""
         with self._transaction(conn, immediate=True):
             now = _now()
             expired = conn.execute(
@@ -303,9 +304,9 @@ class SQLiteJournal:
             frames = end_frames(info, 2)
         # forgotten first, so the poller cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
-        await self._write(self._finish, info, frames, max_bytes, retention)
+        await self._write(self.write_finish, info, frames, max_bytes, retention)
 
-    def _finish(
+    def write_finish(
         self,
         conn: sqlite3.Connection,
         info: RunInfo,
@@ -313,6 +314,7 @@ class SQLiteJournal:
         max_bytes: int,
         retention: float,
     ) -> None:
+        """`finish`, on `conn` (after `unwatch`): within the caller's transaction when one is open."""
         with self._transaction(conn, immediate=True):
             run = _select_run(conn, info.id)
             if run is None or run.status != "running":
