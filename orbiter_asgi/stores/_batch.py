@@ -25,8 +25,8 @@ class Batch:
     pass of the loop, at its end, and settles their futures (now or later).
 
     A caller cancelled while its call is pending waits for the call to end,
-    then raises: as with a call to a worker thread, the backend's work is
-    never abandoned halfway, so a lease taken is known to be taken.
+    then raises, as a call to a worker thread does: the backend has answered
+    by the time the cancellation goes on, and nothing is left running.
     """
 
     __slots__ = ("_pending", "_serve")
@@ -36,10 +36,12 @@ class Batch:
         self._pending: Pending = []
 
     async def call(self, item: Any) -> Any:
-        (outcome,) = await self.call_many((item,))
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        future = loop.create_future()
+        self._pending.append((item, future))
+        return await _uncancelled(future)
 
     async def call_many(self, items: Sequence[Any]) -> list[Any]:
         """Several calls, in one batch and in order; their outcomes, errors as values."""
@@ -48,17 +50,8 @@ class Batch:
             loop.call_soon(self._flush)
         futures = [loop.create_future() for _ in items]
         self._pending.extend(zip(items, futures, strict=True))
-        together = asyncio.gather(*futures, return_exceptions=True) if len(futures) > 1 else futures[0]
-        try:
-            outcome = await asyncio.shield(together)
-        except asyncio.CancelledError:
-            while not together.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(together)
-            raise
-        except Exception as exc:  # the one call failed
-            return [exc]
-        return outcome if len(futures) > 1 else [outcome]
+        outcomes: list[Any] = await _uncancelled(asyncio.gather(*futures, return_exceptions=True))
+        return outcomes
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -69,6 +62,17 @@ class Batch:
                 if not future.done():
                     future.set_exception(exc)
             raise
+
+
+async def _uncancelled(future: asyncio.Future[Any]) -> Any:
+    """`await future`; a cancel waits for it to be done, then is raised."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        raise
 
 
 def settle(pending: Pending, outcomes: list[Any]) -> None:

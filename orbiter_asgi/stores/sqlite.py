@@ -920,6 +920,11 @@ class SQLiteStore:
 
     def _take(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
         """In a write transaction: take the lease `row` unless a live turn holds it."""
+        taken = conn.execute(
+            "INSERT INTO turn_locks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING", row
+        ).rowcount
+        if taken:
+            return True
         holder = conn.execute(
             "SELECT host, pid, process, expires_at FROM turn_locks WHERE session_id = ?",
             (row[0],),
