@@ -1,4 +1,4 @@
-"""Benchmarks: `orbiter_asgi` against FastAPI and a bare ASGI callable.
+"""Benchmarks: `orbiter_asgi` against FastAPI, Litestar and a bare ASGI callable.
 
 Run `python -m benchmarks` (see `benchmarks/README.md`). Nothing here is
 imported by the package or run in CI.

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scenarios import HttpScenario
+from .scenarios import HttpScenario, long_sessions
 from .servers import client_cpus, pinned
 
 __all__ = ["WrkResult", "run_wrk"]
@@ -35,7 +35,19 @@ def _lua(scenario: HttpScenario, session_prefix: str) -> str:
     if scenario.body:
         lines.append('wrk.headers["Content-Type"] = "application/json"')
         lines.append(f"wrk.body = [==[{scenario.body.decode()}]==]")
-    if scenario.session:
+    if scenario.preload:
+        # round-robin over preloaded sessions, at least one per connection
+        lines.append(f"local template = [==[{scenario.body.decode()}]==]")
+        lines.append(
+            "local counter = 0\n"
+            "request = function()\n"
+            f'  local sid = "{session_prefix}" .. (counter % {long_sessions(scenario)})\n'
+            "  counter = counter + 1\n"
+            '  local body = string.gsub(template, "SESSION", sid)\n'
+            "  return wrk.format(nil, nil, nil, body)\n"
+            "end"
+        )
+    elif scenario.session:
         # every 4 requests share a session: a short conversation, not an ever-growing one
         lines.append(f"local template = [==[{scenario.body.decode()}]==]")
         lines.append(

@@ -79,7 +79,10 @@ async def _one(app: App, scope: dict[str, Any], body: bytes) -> None:
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        pass
+        # as uvicorn does: once the response is complete, `receive` answers a
+        # disconnect (Litestar's streams wait for one before they return)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            disconnected.set()
 
     await app(dict(scope), receive, send)
     # turn the loop once, as a server's does between requests: what the request

@@ -48,6 +48,7 @@ TARGETS = [
     Target("orbiter_asgi", "benchmarks.peers.orbiter_app:app"),
     Target("bare_asgi", "benchmarks.peers.bare_asgi:app"),
     Target("fastapi", "benchmarks.peers.fastapi_app:app"),
+    Target("litestar", "benchmarks.peers.litestar_app:app"),
     # orbiter_asgi with its run journal switched off: what journaling costs
     Target("orbiter_asgi+no_journal", "benchmarks.peers.orbiter_app:app", env=(("BENCH_JOURNAL", "off"),)),
     # orbiter_asgi without Prometheus metrics: what /metrics costs the request path

@@ -2,8 +2,10 @@
 
 `python -m benchmarks.ws_load --port P --connections 32 --words 100 --duration 5`
 prints one JSON line: completed turns, turns per second, p50/p99 turn
-latency. Each connection sends a turn, reads frames until the turn's `done`
-event, and sends the next one. The framing is hand-rolled over an asyncio
+latency. Before it, the lines `COUNTING` and `STOPPED` mark the measured
+interval, so the runner can read the server's CPU time at both ends. Each
+connection sends a turn, reads frames until the turn's `done` event, and
+sends the next one. The framing is hand-rolled over an asyncio
 `Protocol` (the request frame is built and masked once per connection) so
 that the client stays cheaper than any server it measures.
 """
@@ -147,11 +149,13 @@ async def _run(port: int, connections: int, n_words: int, duration: float, warmu
         )
         protocols.append(protocol)
     await asyncio.sleep(warmup)
+    print("COUNTING", flush=True)
     stats.counting = True
     started = time.perf_counter()
     await asyncio.sleep(duration)
     stats.counting = False
     elapsed = time.perf_counter() - started
+    print("STOPPED", flush=True)
     stats.stopping = True
     for protocol in protocols:
         if protocol.transport is not None:
