@@ -7,7 +7,7 @@ thread. When another process holds the write lock, the call moves to a
 worker thread (`anyio.to_thread`, a small pool of connections) that waits
 there for up to `timeout`, so the loop never blocks on a busy file. The
 loop's connection does not checkpoint the WAL itself (that fsyncs the
-database); a worker thread does, every thousand changes or so.
+database); a worker thread does, every ten thousand changed rows.
 A chat turn is two transactions: `begin_turn` takes the session's lease,
 reads what the history cache lacks and stores the user's message;
 `end_turn` stores the answer and drops the lease.
@@ -134,7 +134,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _OPTIONS = ("timeout", "pool", "synchronous", "lock_ttl", "lock_wait", "run_lease", "history_cache")
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-_CHECKPOINT_EVERY = 1000  # rows changed on the loop's connection between WAL checkpoints
+_CHECKPOINT_EVERY = 10_000  # rows changed on the loop's connection between WAL checkpoints (a WAL of some MB)
 _SESSION_COLUMNS = "id, agent_name, title, metadata, message_count, created_at, updated_at"
 
 _process_ids: dict[int, str] = {}
