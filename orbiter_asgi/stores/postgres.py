@@ -1,11 +1,15 @@
 """PostgreSQL session store: `postgresql://user:pass@host:5432/db`, shared by every worker of every machine.
 
 psycopg 3 on asyncio, with a `psycopg_pool.AsyncConnectionPool` of
-autocommit connections that prepare every statement on first use. Every
-call is one statement (a server-side function where it must check and
-change), so one round trip and atomic; a chat turn is two: `begin_turn`
-and `end_turn`. Run followers and cancels travel by LISTEN/NOTIFY on one
-connection of the store's own (`postgres_journal.py`).
+autocommit connections. Every call is one statement (a server-side
+function where it must check and change), so atomic; a chat turn is two:
+`begin_turn` (which also starts a JSON turn's run) and `end_turn` (which
+also ends it). The statements called in one pass of the event loop go
+out together on one pooled connection in pipeline mode (`_exchange`):
+one write and one read for all of them, each followed by a Sync of its
+own, so each is still its own transaction. Run followers and cancels
+travel by LISTEN/NOTIFY on one connection of the store's own
+(`postgres_journal.py`).
 
 Tables live in one Postgres schema, `orbiter` unless `?schema=` names
 another (created when missing), so they never meet an application's own
@@ -39,13 +43,14 @@ import re
 import select
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import msgspec
 
-from ..exceptions import ConflictError, RequestError, SessionNotFound, StoreError
+from ..exceptions import ConflictError, OrbiterError, RequestError, SessionNotFound, StoreError
 from ..models import Message, RunInfo, Session, SessionSummary
+from ._batch import Batch, Pending, settle
 from ._history_cache import DEFAULT_CACHED_MESSAGES, HistoryCache, Known
 from ._lease import LeaseLock
 from ._records import (
@@ -58,14 +63,18 @@ from ._records import (
     split_options,
     stamp,
 )
-from ._turns import finish_run
 from .base import DEFAULT_PAGE_SIZE, OpenTurn, Page, RunEnd, decode_cursor, new_session_id, utcnow
 from .journal import RunJournal
 from .postgres_journal import JOURNAL_MIGRATION, Params, PostgresJournal
 
 try:
     import psycopg
+    from psycopg import generators, pq
+    from psycopg.abc import PQGen
+    from psycopg.abc import Transformer as Adapting
+    from psycopg.adapt import PyFormat, Transformer
     from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq.abc import PGconn, PGresult
     from psycopg_pool import AsyncConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -115,10 +124,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # all run on one snapshot, blind to each other's writes. The cache's tail
         # (`p_tail_*`, its incarnation, first and end) is judged here as
         # `HistoryCache.read_from` judges it, so only missing messages come back.
+        # With `p_run_id`, the turn's run is started too, as `run_start` without a
+        # key (made by the journal's step; PL/pgSQL looks functions up when called):
+        # if that fails, so does the turn, and no lease is left behind.
         """CREATE FUNCTION {s}.begin_turn(
             p_id text, p_agent text, p_token text, p_ttl bigint, p_now bigint, p_window integer,
             p_tail_of bigint, p_tail_start integer, p_tail_end integer,
             p_seed bytea[], p_messages bytea[],
+            p_run_id text, p_run_info bytea, p_run_start bytea, p_run_lease bigint, p_run_keep bigint,
+            p_run_sweep integer,
             OUT o_taken boolean, OUT o_created bigint, OUT o_count integer, OUT o_seeded boolean,
             OUT o_first integer, OUT o_bodies bytea[])
         LANGUAGE plpgsql AS $$
@@ -133,6 +147,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             o_taken := FOUND;
             IF NOT o_taken THEN
                 RETURN;
+            END IF;
+            IF p_run_id IS NOT NULL THEN
+                PERFORM {s}.run_start(p_run_id, p_run_info, NULL, '', p_run_start,
+                                      p_run_lease, p_run_keep, p_run_sweep);
             END IF;
             SELECT message_count, created_at INTO o_count, o_created
                 FROM {s}.sessions WHERE id = p_id FOR UPDATE;
@@ -171,10 +189,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                     WHERE id = p_id;
             END IF;
         END $$""",
-        # A turn's end: its messages appended after whatever is there, and its lease
-        # released, in one round trip. o_count NULL: the session was deleted meanwhile.
+        # A turn's end: its messages appended after whatever is there, its lease
+        # released, and with `p_run_id` its run ended (`run_finish`), in one round trip
+        # and one transaction: an answer not stored leaves the run running, for its
+        # caller to end as failed. o_count NULL: the session was deleted meanwhile.
         """CREATE FUNCTION {s}.end_turn(
             p_id text, p_token text, p_now bigint, p_messages bytea[],
+            p_run_id text, p_run_info bytea, p_run_status text, p_run_frames bytea[],
+            p_run_max_bytes bigint, p_run_keep bigint,
             OUT o_count integer, OUT o_created bigint)
         LANGUAGE plpgsql AS $$
         BEGIN
@@ -190,6 +212,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 END IF;
             END IF;
             DELETE FROM {s}.turn_locks WHERE session_id = p_id AND token = p_token;
+            IF p_run_id IS NOT NULL THEN
+                PERFORM {s}.run_finish(p_run_id, p_run_info, p_run_status, p_run_frames,
+                                       p_run_max_bytes, p_run_keep);
+            END IF;
         END $$""",
     ),
     # the run journal (postgres_journal.py): runs, and the SSE frames each one sent
@@ -211,6 +237,17 @@ _OPTIONS = (
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _GRACE = 0.25  # the client's deadline trails the server's statement_timeout, which ends cleaner
 _STALE_RETRIES = 8
+
+_NO_RUN_START = (None,) * 6  # `begin_turn()`'s run arguments when it starts none
+_NO_RUN_END = (None,) * 6  # `end_turn()`'s, when it ends none
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
+_BINARY = pq.Format.BINARY
+_BINARY_LIST = PyFormat.BINARY
+_AUTO = PyFormat.AUTO
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 
 _SESSION_COLUMNS = "id, agent_name, title, metadata, message_count, created_at, updated_at"
 _HISTORY = "ARRAY(SELECT m.body FROM {s}.messages m WHERE m.session_id = s.id ORDER BY m.seq)"
@@ -263,8 +300,10 @@ _SQL: dict[str, str] = {
     "renew_locks": """UPDATE {s}.turn_locks SET expires_at = {s}.now_us() + %s::bigint
         WHERE (session_id, token) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
     "begin_turn": """SELECT * FROM {s}.begin_turn(%s::text, %s::text, %s::text, %s::bigint, %s::bigint,
-        %s::integer, %s::bigint, %s::integer, %s::integer, %s::bytea[], %s::bytea[])""",
-    "end_turn": "SELECT * FROM {s}.end_turn(%s::text, %s::text, %s::bigint, %s::bytea[])",
+        %s::integer, %s::bigint, %s::integer, %s::integer, %s::bytea[], %s::bytea[],
+        %s::text, %s::bytea, %s::bytea, %s::bigint, %s::bigint, %s::integer)""",
+    "end_turn": """SELECT * FROM {s}.end_turn(%s::text, %s::text, %s::bigint, %s::bytea[],
+        %s::text, %s::bytea, %s::text, %s::bytea[], %s::bigint, %s::bigint)""",
 }
 
 
@@ -285,6 +324,80 @@ def _tail_params(known: Known | None) -> tuple[int | None, int, int]:
     if known is None or not isinstance(known[0], int):
         return None, 0, 0
     return known[0], known[1], known[2]
+
+
+class _Statement(NamedTuple):
+    text: bytes  # numbered placeholders: `$1`
+    names: tuple[str, ...] | None  # the parameters' names in order, when given by name
+
+
+async def _exchange(
+    conn: psycopg.AsyncConnection[Any], calls: Sequence[tuple[_Statement, Params]]
+) -> builtins.list[Any]:
+    """Each statement's rows, or its error as a value: all sent in pipeline mode in
+    one write, each followed by a Sync of its own, so each is its own transaction
+    as in autocommit, and one's error neither undoes nor aborts the others."""
+    pgconn = conn.pgconn
+    tx: Adapting = Transformer(conn)
+    outcomes: builtins.list[Any] = [None] * len(calls)
+    sent: builtins.list[int] = []
+    pgconn.enter_pipeline_mode()
+    try:
+        for index, (statement, params) in enumerate(calls):
+            if statement.names is None:
+                values: Sequence[Any] = params  # type: ignore[assignment]
+            else:
+                values = [params[name] for name in statement.names]  # type: ignore[call-overload]
+            # lists of bytes (bytea[]) in binary: no escaping; the rest as psycopg chooses,
+            # so a NUL in a text value fails here, before anything is sent
+            formats = [
+                _BINARY_LIST if type(v) is list and v and type(v[0]) is bytes else _AUTO
+                for v in values
+            ]
+            try:
+                dumped = tx.dump_sequence(values, formats)
+            except psycopg.Error as exc:
+                outcomes[index] = exc
+                continue
+            pgconn.send_query_params(statement.text, dumped, tx.types, tx.formats, _BINARY)
+            pgconn.pipeline_sync()
+            sent.append(index)
+        replies = await conn.wait(_replies(pgconn, len(sent)))
+    except BaseException:
+        await conn.close()  # stopped half-way through the pipeline: the pool drops it
+        raise
+    pgconn.exit_pipeline_mode()
+    encoding = conn.info.encoding
+    for index, results in zip(sent, replies, strict=True):
+        outcomes[index] = _rows(tx, results, encoding)
+    return outcomes
+
+
+def _replies(pgconn: PGconn, count: int) -> PQGen[builtins.list[builtins.list[PGresult]]]:
+    """Flush what was sent, then read the results of `count` statements, each followed by a Sync."""
+    yield from generators.send(pgconn)
+    replies = []
+    for _ in range(count):
+        replies.append((yield from generators.fetch_many(pgconn)))
+        yield from generators.fetch_many(pgconn)  # its Sync's
+    return replies
+
+
+def _rows(tx: Adapting, results: Sequence[PGresult], encoding: str) -> Any:
+    """A statement's rows, or its error."""
+    for result in results:
+        if result.status == _FATAL_ERROR:
+            return psycopg.errors.error_from_result(result, encoding=encoding)
+    result = results[-1]
+    try:
+        if result.status == _TUPLES_OK:
+            tx.set_pgresult(result)
+            return tx.load_rows(0, result.ntuples, tuple)
+    except psycopg.Error as exc:
+        return exc
+    if result.status == _COMMAND_OK:
+        return []
+    return psycopg.OperationalError(f"unexpected result: {pq.ExecStatus(result.status).name}")
 
 
 def _stale(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -407,6 +520,9 @@ class PostgresStore:
         self._pool: AsyncConnectionPool | None = None
         self._opening: asyncio.Task[AsyncConnectionPool] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # retired pools, closing
+        self._batch = Batch(self._serve)  # statements of one pass of the loop: one pipeline
+        self._sending: set[asyncio.Task[None]] = set()
+        self._statements: dict[str, _Statement] = {}
         lease = run_lease if run_lease is not None else options.get("run_lease")
         self._journal = PostgresJournal(
             self._fetch,
@@ -543,26 +659,37 @@ class PostgresStore:
                             continue
                         return await work(conn)
                 raise StoreError("PostgreSQL store unavailable: every pooled connection was closed")
-        except TimeoutError:
-            raise StoreError(f"PostgreSQL store did not answer within {self.timeout:g}s (timeout)") from None
         except PoolTimeout:
             self._retire()
             raise StoreError(
                 f"PostgreSQL store unavailable: no connection within {self.timeout:g}s (timeout)"
             ) from None
-        except psycopg.errors.QueryCanceled as exc:
-            raise StoreError(f"PostgreSQL store timed out: {exc}") from exc
-        except psycopg.DataError as exc:
-            if "NUL" in str(exc):
-                raise RequestError(f"PostgreSQL cannot store this value: {exc}") from None
-            raise StoreError(f"PostgreSQL store failed: {exc}") from exc
-        except psycopg.Error as exc:
-            detail = str(exc).strip() or type(exc).__name__
-            raise StoreError(f"PostgreSQL store unavailable: {detail}") from exc
-        except OSError as exc:
-            raise StoreError(f"PostgreSQL store unavailable: {type(exc).__name__}: {exc}") from exc
-        except msgspec.DecodeError as exc:
-            raise StoreError(f"PostgreSQL store holds unreadable data: {exc}") from None
+        except (TimeoutError, psycopg.Error, OSError) as exc:
+            raise self._failure(exc) from exc
+
+    def _failure(self, outcome: Any) -> Any:
+        """A call's outcome as its caller gets it: driver errors as `StoreError`, a
+        NUL that Postgres text cannot hold as `RequestError` (a 400)."""
+        if not isinstance(outcome, BaseException) or isinstance(outcome, OrbiterError):
+            return outcome
+        failure: OrbiterError
+        if isinstance(outcome, TimeoutError):
+            failure = StoreError(f"PostgreSQL store did not answer within {self.timeout:g}s (timeout)")
+        elif isinstance(outcome, psycopg.errors.QueryCanceled):
+            failure = StoreError(f"PostgreSQL store timed out: {outcome}")
+        elif isinstance(outcome, psycopg.DataError) and "NUL" in str(outcome):
+            failure = RequestError(f"PostgreSQL cannot store this value: {outcome}")
+        elif isinstance(outcome, psycopg.DataError):
+            failure = StoreError(f"PostgreSQL store failed: {outcome}")
+        elif isinstance(outcome, psycopg.Error):
+            detail = str(outcome).strip() or type(outcome).__name__
+            failure = StoreError(f"PostgreSQL store unavailable: {detail}")
+        elif isinstance(outcome, OSError):
+            failure = StoreError(f"PostgreSQL store unavailable: {type(outcome).__name__}: {outcome}")
+        else:
+            return outcome
+        failure.__cause__ = outcome
+        return failure
 
     def _retire(self) -> None:
         """Drops a pool that found no connection: it retries connecting with a backoff
@@ -577,11 +704,46 @@ class PostgresStore:
             closing.add_done_callback(self._closing.discard)
 
     async def _fetch(self, query: str, params: Params) -> builtins.list[tuple[Any, ...]]:
-        async def work(conn: psycopg.AsyncConnection[Any]) -> builtins.list[tuple[Any, ...]]:
-            cur = await conn.execute(query, params, binary=True)
-            return await cur.fetchall() if cur.description is not None else []
+        """One statement, its rows: with the others called in this pass of the event
+        loop, on one pooled connection in one write (`_send`)."""
+        rows: builtins.list[tuple[Any, ...]] = await self._batch.call((query, params))
+        return rows
 
-        return await self._run(work)
+    def _serve(self, pending: Pending) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(pending))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, pending: Pending) -> None:
+        calls = [(self._compile(query), params) for (query, params), _ in pending]
+        try:
+            outcomes = await self._run(lambda conn: _exchange(conn, calls))
+        except Exception as exc:  # the batch as a whole: no connection, no answer in time
+            outcomes = [exc] * len(pending)
+        except BaseException:  # cancelled, the loop closing: nobody is left waiting
+            settle(pending, [StoreError("PostgreSQL store closed")] * len(pending))
+            raise
+        settle(pending, [self._failure(outcome) for outcome in outcomes])
+
+    def _compile(self, query: str) -> _Statement:
+        """`query` with `$n` for its `%s` (or `%(name)s`) placeholders, made once."""
+        statement = self._statements.get(query)
+        if statement is None:
+            names: dict[str, str] = {}
+            count = 0
+
+            def number(match: re.Match[str]) -> str:
+                nonlocal count
+                name = match[1]
+                if name is None:
+                    count += 1
+                    return f"${count}"
+                return names.setdefault(name, f"${len(names) + 1}")
+
+            text = _PLACEHOLDER.sub(number, query)
+            assert not (count and names), "placeholders are all %s or all %(name)s"
+            statement = self._statements[query] = _Statement(text.encode(), tuple(names) or None)
+        return statement
 
     async def ping(self) -> None:
         """`SELECT 1` on a pooled connection, within the store's timeout."""
@@ -597,6 +759,10 @@ class PostgresStore:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        for sending in list(self._sending):  # batches under way end before their pool
+            if sending.get_loop() is loop:
+                with contextlib.suppress(BaseException):
+                    await sending
         if pool is not None and task is not None and task.get_loop() is loop:
             await pool.close()
         for closing in list(self._closing):
@@ -702,8 +868,8 @@ class PostgresStore:
         window: int | None = None,
         run: RunInfo | None = None,
     ) -> OpenTurn:
-        if run is not None:
-            await self.runs.start(run)
+        # started with the turn, once its lease is taken: a failed start fails the turn
+        starting = self._journal.start_args(run) if run is not None else _NO_RUN_START
         both, now = stamp([*seed, *messages])
         planted, stored = both[: len(seed)], both[len(seed) :]
         seed_bodies = [encode_message(m) for m in planted]
@@ -714,7 +880,7 @@ class PostgresStore:
             tail_of, tail_start, tail_end = _tail_params(self._cache.known(session_id))
             params = (
                 session_id, agent_name, token, self._ttl(), micros(now), window,
-                tail_of, tail_start, tail_end, seed_bodies, bodies,
+                tail_of, tail_start, tail_end, seed_bodies, bodies, *starting,
             )  # fmt: skip
             ((taken, *begun),) = await self._fetch(self._sql["begin_turn"], params)
             return tuple(begun) if taken else None
@@ -748,17 +914,15 @@ class PostgresStore:
     async def end_turn(
         self, turn: OpenTurn, messages: Sequence[Message], *, run: RunEnd | None = None
     ) -> builtins.list[Message]:
-        try:
-            return await self._end_turn(turn, messages)
-        finally:
-            if run is not None:
-                await finish_run(self.runs, run)
-
-    async def _end_turn(self, turn: OpenTurn, messages: Sequence[Message]) -> builtins.list[Message]:
         token, _, window = turn.token  # the incarnation written to comes back from the server
         stored, now = stamp(messages)
         session_id = turn.session_id
-        params = (session_id, token, micros(now), [encode_message(m) for m in stored])
+        ending = _NO_RUN_END
+        if run is not None:  # unwatched first, as `finish` does
+            ending = self._journal.finish_args(
+                run.info, run.frames, max_bytes=run.max_bytes, retention=run.retention
+            )
+        params = (session_id, token, micros(now), [encode_message(m) for m in stored], *ending)
         try:
             ((count, created),) = await self._lease.release(
                 session_id, lambda: self._fetch(self._sql["end_turn"], params)

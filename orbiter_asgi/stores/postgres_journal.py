@@ -422,16 +422,8 @@ class PostgresJournal:
             "run_start",
             "%s::text, %s::bytea, %s::text, %s::text, %s::bytea, %s::bigint, %s::bigint, %s::integer",
         )
-        params = (
-            info.id,
-            _encode_info(info),
-            idempotency_key,
-            fingerprint,
-            start_frame(info),
-            _micros(self.lease),
-            _micros(LOST_RUN_RETENTION),
-            _SWEEP_BATCH,
-        )
+        run_id, raw, start, lease, keep, sweep = self.start_args(info)
+        params = (run_id, raw, idempotency_key, fingerprint, start, lease, keep, sweep)
         while True:
             ((kind, raw, last),) = await self._fetch(query, params)
             if kind == 0:
@@ -442,6 +434,12 @@ class PostgresJournal:
             if kind == 1:
                 return seen
             await self._end_lost(seen, last)  # the repeat attaches to its end; then look again
+
+    def start_args(self, info: RunInfo) -> tuple[Any, ...]:
+        """What `run_start()` is given to start `info` with no idempotency key, but the
+        key and fingerprint: the store's `begin_turn()` starts a turn's run with these."""
+        keep = _micros(LOST_RUN_RETENTION)
+        return info.id, _encode_info(info), start_frame(info), _micros(self.lease), keep, _SWEEP_BATCH
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
         if frames:
@@ -456,15 +454,21 @@ class PostgresJournal:
     async def finish(
         self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
     ) -> None:
+        query = self._call(
+            "run_finish", "%s::text, %s::bytea, %s::text, %s::bytea[], %s::bigint, %s::bigint"
+        )
+        await self._fetch(query, self.finish_args(info, frames, max_bytes=max_bytes, retention=retention))
+
+    def finish_args(
+        self, info: RunInfo, frames: Sequence[bytes] | None, *, max_bytes: int, retention: float
+    ) -> tuple[Any, ...]:
+        """What `run_finish()` is given to end `info`, for a caller that ends it in a
+        statement of its own (the store's `end_turn()`); the run is unwatched now."""
         if frames is None:
             frames = end_frames(info, 2)
         # forgotten first, so the watch cannot take the end for a cancel from elsewhere
         self.unwatch(info.id)
-        query = self._call(
-            "run_finish", "%s::text, %s::bytea, %s::text, %s::bytea[], %s::bigint, %s::bigint"
-        )
-        params = (info.id, _encode_info(info), info.status, list(frames), max_bytes, _micros(retention))
-        await self._fetch(query, params)
+        return info.id, _encode_info(info), info.status, list(frames), max_bytes, _micros(retention)
 
     # --- reads, by any process ------------------------------------------------------------
 
