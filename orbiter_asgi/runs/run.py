@@ -115,6 +115,7 @@ class _Transcript:
 _POOL_SIZE = 4096
 _pool = b""
 _used = _POOL_SIZE  # bytes of `_pool` handed out
+_stamp = ""  # the time the pool was read, in hex milliseconds
 
 
 def _forget_pool() -> None:
@@ -127,19 +128,21 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_run_id() -> str:
-    """32 hex digits: the time in milliseconds (48 bits), then 80 random bits.
+    """32 hex digits: a time in milliseconds (48 bits), then 80 random bits.
     URL-safe, unique across processes, and unguessable, since a run id is all
     it takes to follow or cancel the run. Ids that grow with time keep a
     persistent journal's index of runs appended at its end: the runs of a
     batch of writes share its last pages instead of each dirtying a page.
 
-    The OS's random bytes are read 4 KiB at a time: one system call per 409 ids.
+    The OS's random bytes are read 4 KiB at a time, one system call per 409
+    ids, and the time is read with them: the ids of one read share it.
     """
-    global _pool, _used
+    global _pool, _used, _stamp
     if _used + 10 > _POOL_SIZE:
         _pool, _used = os.urandom(_POOL_SIZE), 0
+        _stamp = f"{time.time_ns() // 1_000_000:012x}"
     _used += 10
-    return f"{time.time_ns() // 1_000_000:012x}{_pool[_used - 10 : _used].hex()}"
+    return _stamp + _pool[_used - 10 : _used].hex()
 
 
 Emit = Callable[[RunItem, bytes], Awaitable[None]]
@@ -217,7 +220,7 @@ class Run:
         self._grace: asyncio.TimerHandle | None = None
         self._appending: bytes | None = None  # frames being journaled
         self._opened: OpenTurn | None = None  # the session's turn, from its first store step to its last
-        self._answer: list[Message] = []  # what the turn adds to the session's history
+        self._answer: Sequence[Message] = ()  # what the turn adds to the session's history
         self._unsent = b""  # frames journaled whose sending a cancel cut short
         self._span: RunSpan | None = None  # its OpenTelemetry span, current while it drives
         self.detached_at: float | None = None  # when the transport lost its client
@@ -315,11 +318,15 @@ class Run:
         """Write the run's end to the journal, its record and its last frames,
         when the returned awaitable (the journal's own) is awaited. A turn in a
         session writes it with the turn's answer, in the turn's last store step."""
-        end = self._ending(done, exc)
+        info, frames = self._ending(done, exc)
+        limits = self.context.limits
         if self._opened is not None:
+            end = RunEnd(info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention)
             return self._end_turn(end, done)
         self._report()
-        return finish_run(self.journal, end)
+        return self.journal.finish(
+            info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention
+        )
 
     async def _end_turn(self, end: RunEnd, done: DoneEvent | None) -> None:
         opened, self._opened = self._opened, None
@@ -330,14 +337,16 @@ class Run:
             # the answer is not stored: the turn failed, whatever it was about to report
             if end.frames is not None:
                 self.seq -= 2  # the last frames are made again
-            end = self._ending(None, failure)
+            end.info, end.frames = self._ending(None, failure)
             self._report()
             with contextlib.suppress(OrbiterError):
                 await finish_run(self.journal, end)
             raise failure from None
         self._report()
 
-    def _ending(self, done: DoneEvent | None, exc: BaseException | None) -> RunEnd:
+    def _ending(
+        self, done: DoneEvent | None, exc: BaseException | None
+    ) -> tuple[RunInfo, list[bytes] | None]:
         """The run's end: its record ended, its last event (`outcome`) and frames (`final`)."""
         info = self.info  # the record the journal was given at the start, now ended
         assert info is not None
@@ -361,8 +370,7 @@ class Run:
             frames = [frame(self.head, self.seq + 1, last), done_frame(self.head, self.seq + 2)]
             self.seq += 2
             self.final = self._unsent + frames[0] + frames[1]
-        limits = self.context.limits
-        return RunEnd(info, frames, max_bytes=limits.max_run_journal_bytes, retention=limits.run_retention)
+        return info, frames
 
     def _report(self) -> None:
         """The run has ended: log it, end its span, tell the app's observers."""
@@ -450,7 +458,8 @@ class Run:
         emitting = False  # whether an error comes from `emit`, not from the agent
         stream: AsyncIterator[AgentEvent | list[str]] | None = None
         try:
-            history = fit_history(history, agent.history_limit)
+            if agent.history_limit is not None:
+                history = fit_history(history, agent.history_limit)
             stream = (
                 agent.stream(self.input, history)
                 if self.settings is None
