@@ -110,12 +110,14 @@ JOURNAL_MIGRATION: tuple[str, ...] = (
     DECLARE
         v_now bigint := {s}.now_us(); r record;
     BEGIN
-        WITH gone AS (
-            DELETE FROM {s}.runs WHERE id IN (
-                SELECT id FROM {s}.runs WHERE expires_at <= v_now
-                LIMIT p_sweep FOR UPDATE SKIP LOCKED)
-            RETURNING id)
-        DELETE FROM {s}.run_frames WHERE run_id IN (SELECT id FROM gone);
+        IF p_sweep > 0 THEN
+            WITH gone AS (
+                DELETE FROM {s}.runs WHERE id IN (
+                    SELECT id FROM {s}.runs WHERE expires_at <= v_now
+                    LIMIT p_sweep FOR UPDATE SKIP LOCKED)
+                RETURNING id)
+            DELETE FROM {s}.run_frames WHERE run_id IN (SELECT id FROM gone);
+        END IF;
         IF p_key IS NOT NULL THEN
             -- starts with one key queue here, so the second finds the first's run
             PERFORM pg_advisory_xact_lock(hashtext({channel}), hashtext(p_key));
@@ -223,7 +225,8 @@ WITH renewed AS (
 SELECT id FROM {s}.runs WHERE id = ANY(%(ids)s::text[]) AND (cancel_requested OR status <> 'running')
 """
 
-_SWEEP_BATCH = 500  # expired runs deleted per `start`, so one start never stalls on a backlog
+_SWEEP_BATCH = 500  # expired runs deleted per sweep, so one start never stalls on a backlog
+_SWEEP_EVERY = 50  # starts per sweep: a sweep clears ten times as many runs as start meanwhile
 
 _encode_info = msgspec.json.Encoder().encode
 _decode_info = msgspec.json.Decoder(RunInfo).decode
@@ -398,6 +401,7 @@ class PostgresJournal:
         self._watch = CancelWatch(self._poll, lease=lambda: self.lease, interval=_TICK)
         self._listener = _Listener(connect, channel, on_cancel=self._watch.fire, on_gap=self._gap)
         self._missed = True  # cancels may have been sent unheard: the next tick asks
+        self._starts = 0  # by this process: every `_SWEEP_EVERY`th sweeps expired runs
 
     @property
     def lease(self) -> float:
@@ -439,7 +443,9 @@ class PostgresJournal:
         """What `run_start()` is given to start `info` with no idempotency key, but the
         key and fingerprint: the store's `begin_turn()` starts a turn's run with these."""
         keep = _micros(LOST_RUN_RETENTION)
-        return info.id, _encode_info(info), start_frame(info), _micros(self.lease), keep, _SWEEP_BATCH
+        self._starts += 1
+        sweep = _SWEEP_BATCH if self._starts % _SWEEP_EVERY == 1 else 0
+        return info.id, _encode_info(info), start_frame(info), _micros(self.lease), keep, sweep
 
     async def append(self, run_id: str, frames: Sequence[bytes], *, max_bytes: int) -> None:
         if frames:
